@@ -1,0 +1,111 @@
+# lathe: one binary (build/lathe), a static library of everything but main, and the test binaries.
+#
+#   make            build/lathe
+#   make test       install what is missing (scripts/setup.sh --test), build, run every test (tests/run.sh)
+#   make demo       install what is missing, build, run the newcomer flow (scripts/demo.sh)
+#   make asan       unit tests built with AddressSanitizer + UBSan (run by make test)
+#   make fuzz       libFuzzer targets (clang), run briefly by make test
+#   make CUDA=1     also build the CUDA backend (needs nvcc)
+#   make format     clang-format every C file
+#
+# Sources are found by wildcard: a new src/<module>/*.c joins the library, a new tests/unit/test_*.c becomes a
+# cmocka binary, a new tests/fuzz/fuzz_*.c a libFuzzer target. No per-file rules.
+
+CC      ?= cc
+BUILD   ?= build
+PKGS    := libmicrohttpd jansson sqlite3 libpq openblas libpcre2-8 yaml-0.1 libarchive libcurl libcrypto
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+OPT     ?= -O2 -march=native
+WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
+BASEFLAGS := -std=c11 -D_GNU_SOURCE -g -fopenmp -pthread -MMD -MP -Isrc $(WARN) $(PKG_CFLAGS)
+CFLAGS  ?=
+ALLCFLAGS = $(BASEFLAGS) $(OPT) $(CFLAGS)
+LIBS    := $(PKG_LIBS) -fopenmp -pthread -lm
+
+SRC     := $(sort $(shell find src -name '*.c' ! -path src/cli/main.c))
+OBJ     := $(SRC:%.c=$(BUILD)/obj/%.o)
+UNIT    := $(sort $(wildcard tests/unit/test_*.c))
+UNITBIN := $(UNIT:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ    := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZBIN := $(FUZZ:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+ASANBIN := $(UNIT:tests/unit/%.c=$(BUILD)/asan/tests/%)
+
+ifeq ($(CUDA),1)
+CU_SRC  := $(sort $(shell find src -name '*.cu'))
+CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+ALLCFLAGS += -DLATHE_CUDA=1
+LIBS    += -L/usr/local/cuda/lib64 -lcudart -lcublas
+endif
+
+.PHONY: all test demo asan fuzz unit format clean setup
+all: $(BUILD)/lathe
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	nvcc -O3 -Isrc -c $< -o $@
+
+$(BUILD)/liblathe.a: $(OBJ) $(CU_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/lathe: $(BUILD)/obj/src/cli/main.o $(BUILD)/liblathe.a
+	$(CC) $(ALLCFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/liblathe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -Itests $< $(BUILD)/liblathe.a -o $@ $(LIBS) -lcmocka
+
+unit: $(UNITBIN)
+
+# Sanitizer build of the same sources, in its own tree.
+ASANFLAGS := $(BASEFLAGS) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+$(BUILD)/asan/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ASANFLAGS) -c $< -o $@
+$(BUILD)/asan/liblathe.a: $(SRC:%.c=$(BUILD)/asan/obj/%.o)
+	@rm -f $@
+	ar rcs $@ $^
+$(BUILD)/asan/tests/%: tests/unit/%.c $(BUILD)/asan/liblathe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ASANFLAGS) -Itests $< $(BUILD)/asan/liblathe.a -o $@ $(LIBS) -lcmocka -fsanitize=address,undefined
+asan: $(ASANBIN)
+
+# libFuzzer targets: clang, the library rebuilt with coverage instrumentation.
+FUZZFLAGS := $(BASEFLAGS) -O1 -fsanitize=fuzzer-no-link,address,undefined -Wno-unused-command-line-argument
+$(BUILD)/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZFLAGS) -c $< -o $@
+$(BUILD)/fuzz/liblathe.a: $(SRC:%.c=$(BUILD)/fuzz/obj/%.o)
+	@rm -f $@
+	ar rcs $@ $^
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/liblathe.a
+	@mkdir -p $(dir $@)
+	clang $(FUZZFLAGS) -fsanitize=fuzzer $< $(BUILD)/fuzz/liblathe.a -o $@ $(LIBS)
+fuzz: $(FUZZBIN)
+
+setup:
+	@scripts/setup.sh --test
+
+test: setup
+	@$(MAKE) --no-print-directory -j2 all unit
+	@$(MAKE) --no-print-directory -j2 asan fuzz
+	@tests/run.sh
+
+demo:
+	@scripts/setup.sh
+	@$(MAKE) --no-print-directory -j2 all
+	@scripts/demo.sh
+
+format:
+	clang-format -i $(shell find src tests -name '*.c' -o -name '*.h')
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
