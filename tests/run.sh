@@ -9,7 +9,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-log_dir=build/test-logs
+B=${BUILD:-build}
+log_dir=$B/test-logs
 mkdir -p "$log_dir"
 only=",${LATHE_TESTS:-unit,asan,fuzz,py},"
 passed=0
@@ -35,7 +36,7 @@ count_cmocka() { # name logfile rc
 }
 
 if [[ $only == *,unit,* ]]; then
-    for t in build/tests/test_*; do
+    for t in $B/tests/test_*; do
         [ -x "$t" ] || continue
         n=unit/$(basename "$t")
         "$t" >"$log_dir/$(basename "$t").log" 2>&1
@@ -46,7 +47,7 @@ fi
 if [[ $only == *,asan,* ]]; then
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp
-    for t in build/asan/tests/test_*; do
+    for t in $B/asan/tests/test_*; do
         [ -x "$t" ] || continue
         n=asan/$(basename "$t")
         "$t" >"$log_dir/asan-$(basename "$t").log" 2>&1
@@ -57,7 +58,7 @@ fi
 
 if [[ $only == *,fuzz,* ]]; then
     secs=${LATHE_FUZZ_SECONDS:-8}
-    for t in build/fuzz/fuzz_*; do
+    for t in $B/fuzz/fuzz_*; do
         [ -x "$t" ] || continue
         name=$(basename "$t")
         work=$(mktemp -d)
@@ -78,7 +79,7 @@ fi
 
 if [[ $only == *,py,* ]] && ls tests/py/test_*.py >/dev/null 2>&1; then
     venv=$(scripts/venv-path)
-    export LATHE_BIN="$root/build/lathe" LATHE_ROOT="$root"
+    export LATHE_BIN="$root/$B/lathe" LATHE_ROOT="$root"
     "$venv/bin/python" -m pytest tests/py -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$log_dir/pytest.log"
     line=$(grep -E '(passed|failed|error)' "$log_dir/pytest.log" | tail -1)
     p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')
