@@ -54,8 +54,12 @@ $(BUILD)/liblathe.a: $(OBJ) $(CU_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# --whole-archive: subcommands, route groups and migration areas are weak references, and a weak reference
+# alone does not pull a member out of a static library.
+WHOLE = -Wl,--whole-archive $(1) -Wl,--no-whole-archive
+
 $(BUILD)/lathe: $(BUILD)/obj/src/cli/main.o $(BUILD)/liblathe.a
-	$(CC) $(ALLCFLAGS) $^ -o $@ $(LIBS)
+	$(CC) $(ALLCFLAGS) $(BUILD)/obj/src/cli/main.o $(call WHOLE,$(BUILD)/liblathe.a) -o $@ $(LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/liblathe.a
 	@mkdir -p $(dir $@)
@@ -107,5 +111,8 @@ format:
 
 clean:
 	rm -rf $(BUILD)
+
+# src/api/openapi.c embeds src/api/openapi.json with .incbin: rebuild it when the document changes.
+$(BUILD)/obj/src/api/openapi.o $(BUILD)/asan/obj/src/api/openapi.o $(BUILD)/fuzz/obj/src/api/openapi.o: src/api/openapi.json
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

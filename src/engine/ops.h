@@ -8,6 +8,7 @@
  *    so callers zero what they need zeroed. Exception: where a comment says "writes".
  *  - Nothing allocates except where a scratch argument is documented; all pointers are caller-owned.
  *  - Frozen base weights get no gradient: there are no dW for base linears, norms or embeddings.
+ *  - No parameter is named I: <complex.h> (which OpenBLAS's cblas.h pulls in) defines I as a macro.
  *
  * The kernel table (eng_kernels) is the backend seam: the trainer calls kernels only through it, so a CUDA
  * backend can provide the same table. eng_kernels_cpu() returns the CPU one (OpenBLAS GEMMs, OpenMP loops). */
@@ -53,26 +54,36 @@ typedef struct eng_kernels {
     void (*swiglu_backward)(float *dgate, float *dup, const float *dout, const float *gate, const float *up, int N,
                             int F);
 
-    /* out[N,O] = inp[N,I] W[O,I]^T + bias[O] (bias may be NULL); out writes. backward: dinp[N,I] += dout W. */
-    void (*linear_forward)(float *out, const float *inp, const float *W, const float *bias, int N, int I, int O);
-    void (*linear_backward)(float *dinp, const float *dout, const float *W, int N, int I, int O);
+    /* out[N,O] = inp[N,In] W[O,In]^T + bias[O] (bias may be NULL); out writes. backward: dinp[N,In] += dout W. */
+    void (*linear_forward)(float *out, const float *inp, const float *W, const float *bias, int N, int In, int O);
+    void (*linear_backward)(float *dinp, const float *dout, const float *W, int N, int In, int O);
 
     /* LoRA: xa[N,r] = inp A^T (writes, kept for backward); out[N,O] += scale * xa B^T.
-     * A is [r, I], B is [O, r] (PEFT layout, unscaled). */
+     * A is [r, In], B is [O, r] (PEFT layout, unscaled). */
     void (*lora_forward)(float *out, float *xa, const float *inp, const float *A, const float *B, float scale, int N,
-                         int I, int r, int O);
-    /* dA[r,I] += scale * (dout B)^T inp; dB[O,r] += scale * dout^T xa; dinp[N,I] += scale * (dout B) A.
-     * scratch: at least N*r floats. */
+                         int In, int r, int O);
+    /* dA[r,In] += scale * (dout B)^T inp; dB[O,r] += scale * dout^T xa; dinp[N,In] += scale * (dout B) A.
+     * dinp may be NULL (then only dA and dB). scratch: at least N*r floats. */
     void (*lora_backward)(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *xa,
-                          const float *A, const float *B, float scale, int N, int I, int r, int O, float *scratch);
+                          const float *A, const float *B, float scale, int N, int In, int r, int O, float *scratch);
 
     /* The head with fused loss, in chunks of `chunk` rows so (N, V) logits never exist:
      * logits = x[N,C] W[V,C]^T; logp[i] = log_softmax(logits_i)[targets[i]] (writes; rows with targets[i] < 0
      * get 0 and no loss); total loss = sum_i loss_fn(logp[i], i, ctx). If dx != NULL, dx[N,C] += dlogits W
      * where dlogits_i = dlp_i * (onehot(target_i) - softmax(logits_i)). If entropy != NULL, entropy[i] writes
-     * the softmax entropy of row i. scratch: at least chunk*V floats. Returns the summed loss (double). */
+     * the softmax entropy of row i. scratch: at least chunk*V floats. Returns the summed loss (double).
+     * loss_fn must be pure: it is called from several threads and more than once per row. */
     double (*head_loss)(float *logp, float *dx, float *entropy, const float *x, const float *W, const int *targets,
                         int N, int C, int V, int chunk, eng_token_loss_fn loss_fn, void *ctx, float *scratch);
+
+    /* head_loss with a LoRA on the head (Tinker's train_unembed): logits = x W^T + scale * (x A^T) B^T, with
+     * A [r, C] and B [V, r] (PEFT layout, unscaled). Outputs as head_loss; when dx != NULL, dx also gets the
+     * LoRA path and dA[r,C] += scale * (dlogits B)^T x, dB[V,r] += scale * dlogits^T (x A^T) (both accumulate;
+     * required then). r == 0 (A, B, dA, dB NULL) is exactly head_loss.
+     * scratch: at least chunk*V + 2*chunk*r floats. */
+    double (*head_loss_lora)(float *logp, float *dx, float *entropy, const float *x, const float *W, const float *A,
+                             const float *B, float scale, int r, float *dA, float *dB, const int *targets, int N,
+                             int C, int V, int chunk, eng_token_loss_fn loss_fn, void *ctx, float *scratch);
 
     /* AdamW step (torch semantics): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr * wd * p (decoupled);
      * p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps). t is the 1-based step count. */

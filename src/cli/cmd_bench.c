@@ -1,0 +1,413 @@
+/* cmd_bench.c: `lathe bench gemm|train|sample`, the engine's speed and memory measured on this machine.
+ *
+ * Every comparison is made inside one run: `train` and `sample` first measure their own ceiling (SGEMM
+ * GFLOP/s at the thread count in use; copy bandwidth) and report their result as a share of it.
+ *
+ *   gemm    cblas_sgemm on square 1024 / 2048 matrices and on the training shape (B*T x 1536 x 576): the best
+ *           GFLOP/s is the practical peak.
+ *   train   random weights of a preset shape, LoRA on all seven projections; warm-up step, then timed steps
+ * of forward_backward(cross_entropy) + optim_step. FLOPs per token = 4 N_mm + 6 L H hd T (LoRA with a frozen
+ * base: forward 2 N_mm + input gradients 2 N_mm, no weight gradients; causal attention forward 2 H hd T and
+ * backward twice that per layer); N_mm counts every projection and the head once. Peak RSS is compared
+ * with 1.3 x (base weights + adapter, gradients and moments + activation arena and scratch). sample  the same
+ * weights; a 16-token prompt, then 32 tokens generated with the KV cache at batch 1 and 16. Bound at batch 1:
+ * (copy bandwidth) / (weight bytes read per generated token), since decoding one token reads every weight
+ * once; copy bandwidth counts bytes read plus bytes written. */
+#include <cblas.h>
+#include <errno.h>
+#include <jansson.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cli/cli.h"
+#include "engine/engine.h"
+#include "engine/losses.h"
+#include "util/util.h"
+
+static void usage(FILE *f) {
+    fputs(
+        "usage: lathe bench gemm|train|sample [--preset smollm2-135m] [--batch B] [--seq T] [--steps N]\n"
+        "                                    [--threads N] [--json]\n\n"
+        "  gemm    measured SGEMM GFLOP/s at the thread count (the practical peak)\n"
+        "  train   tokens/s, ms/step by phase, achieved GFLOP/s and share of the SGEMM peak, peak RSS vs "
+        "the\n"
+        "          1.3x memory budget, for LoRA r16 on all seven projections of random weights of the "
+        "preset\n"
+        "  sample  generated tokens/s at batch 1 and 16 with the KV cache vs the memory-bandwidth bound\n"
+        "Defaults: --preset smollm2-135m --batch 4 --seq 128 --steps 3, threads = OpenMP's default.\n"
+        "Presets: smollm2-135m (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536, vocab 49152,\n"
+        "tied), tiny (hidden 64, 2 layers, vocab 512; for smoke tests).\n",
+        f);
+}
+
+static int preset(const char *name, eng_config *c) {
+    memset(c, 0, sizeof(*c));
+    c->arch = ENG_ARCH_LLAMA;
+    snprintf(c->architecture, sizeof(c->architecture), "LlamaForCausalLM");
+    snprintf(c->family, sizeof(c->family), "llama");
+    c->rms_norm_eps = 1e-5f;
+    c->bos_token_id = c->eos_token_id = -1;
+    c->max_position_embeddings = 8192;
+    c->tie_word_embeddings = 1;
+    if (!strcmp(name, "smollm2-135m")) {
+        c->hidden_size = 576, c->num_layers = 30, c->num_heads = 9, c->num_kv_heads = 3, c->head_dim = 64;
+        c->intermediate_size = 1536, c->vocab_size = 49152, c->rope_theta = 100000.0f;
+        return 0;
+    }
+    if (!strcmp(name, "tiny")) {
+        c->hidden_size = 64, c->num_layers = 2, c->num_heads = 4, c->num_kv_heads = 2, c->head_dim = 16;
+        c->intermediate_size = 128, c->vocab_size = 512, c->rope_theta = 10000.0f;
+        return 0;
+    }
+    return -1;
+}
+
+static double peak_rss_bytes(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss * 1024.0;
+}
+
+/* Best GFLOP/s of sgemm C[M,N] = A[M,K] B[N,K]^T (the engine's layout) over a few repetitions. */
+static double gemm_gflops(int M, int N, int K) {
+    float *A = aligned_alloc(64, (size_t)M * K * sizeof(float)),
+          *B = aligned_alloc(64, (size_t)N * K * sizeof(float)),
+          *C = aligned_alloc(64, (size_t)M * N * sizeof(float));
+    if (!A || !B || !C) abort();
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        A[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        B[i] = (float)(i % 5) * 0.1f;
+    double best = 0, flop = 2.0 * M * N * K;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N); /* warm-up */
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = lt_mono_s();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+        double g = flop / (lt_mono_s() - t0) / 1e9;
+        if (g > best) best = g;
+    }
+    free(A), free(B), free(C);
+    return best;
+}
+
+typedef struct {
+    double peak, sq1024, sq2048, train_shape;
+} gemm_result;
+
+static gemm_result gemm_probe(int rows) {
+    gemm_result g;
+    g.sq1024 = gemm_gflops(1024, 1024, 1024);
+    g.sq2048 = gemm_gflops(2048, 2048, 2048);
+    g.train_shape = gemm_gflops(rows, 1536, 576);
+    g.peak = g.sq1024 > g.sq2048 ? g.sq1024 : g.sq2048;
+    if (g.train_shape > g.peak) g.peak = g.train_shape;
+    return g;
+}
+
+/* Copy bandwidth in GB/s (bytes read + bytes written per second), best of a few 256 MiB copies. */
+static double copy_bandwidth(void) {
+    size_t n = (size_t)256 << 20;
+    char *a = malloc(n), *b = malloc(n);
+    if (!a || !b) abort();
+    memset(a, 1, n);
+    memset(b, 2, n);
+    double best = 0;
+    for (int rep = 0; rep < 4; rep++) {
+        double t0 = lt_mono_s();
+        size_t chunk = n / 64;
+#pragma omp parallel for schedule(static)
+        for (int c = 0; c < 64; c++)
+            memcpy(b + (size_t)c * chunk, a + (size_t)c * chunk, chunk);
+        double bw = 2.0 * (double)n / (lt_mono_s() - t0) / 1e9;
+        if (bw > best) best = bw;
+    }
+    free(a), free(b);
+    return best;
+}
+
+typedef struct {
+    const char *what, *preset;
+    int batch, seq, steps, threads, json;
+} bench_opts;
+
+static long long nmm_params(const eng_model *m) {
+    long long per = (long long)m->C * m->Dq * 2 + (long long)m->C * m->Dk * 2 + 3LL * m->C * m->F;
+    return per * m->L + (long long)m->V * m->C;
+}
+
+static eng_model *bench_model(const bench_opts *o, lt_err *err) {
+    eng_config c;
+    if (preset(o->preset, &c)) {
+        lt_err_set(err, 400, "unknown --preset '%s' (smollm2-135m or tiny)", o->preset);
+        return NULL;
+    }
+    eng_model *m = eng_model_new(&c, eng_kernels_cpu(), err);
+    if (!m) return NULL;
+    eng_model_init_random(m, 1, 0.02f);
+    eng_lora_config lc = {.rank = 16, .alpha = 32, .targets = ENG_LORA_ALL, .seed = 1};
+    if (eng_model_lora_init(m, &lc, err)) {
+        eng_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void print_json(json_t *o) {
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+    puts(s);
+    free(s);
+    json_decref(o);
+}
+
+static int bench_gemm(const bench_opts *o) {
+    gemm_result g = gemm_probe(o->batch * o->seq);
+    if (o->json) {
+        print_json(json_pack("{s:s, s:i, s:f, s:f, s:f, s:f}", "bench", "gemm", "threads", o->threads,
+                             "sgemm_1024_gflops", g.sq1024, "sgemm_2048_gflops", g.sq2048,
+                             "sgemm_train_shape_gflops", g.train_shape, "peak_gflops", g.peak));
+        return EXIT_OK;
+    }
+    printf("SGEMM at %d thread(s)\n", o->threads);
+    printf("  %-34s %10.1f GFLOP/s\n", "1024 x 1024 x 1024", g.sq1024);
+    printf("  %-34s %10.1f GFLOP/s\n", "2048 x 2048 x 2048", g.sq2048);
+    printf("  %-34s %10.1f GFLOP/s\n", "train shape (B*T x 1536 x 576)", g.train_shape);
+    printf("  %-34s %10.1f GFLOP/s\n", "peak (best of the above)", g.peak);
+    return EXIT_OK;
+}
+
+static int bench_train(const bench_opts *o) {
+    gemm_result g = gemm_probe(o->batch * o->seq);
+    lt_err err = {0};
+    eng_model *m = bench_model(o, &err);
+    if (!m) {
+        fprintf(stderr, "lathe bench train: %s\n", err.msg);
+        return EXIT_FAIL;
+    }
+    eng_engine *e = eng_from_model(m, o->preset);
+    int B = o->batch, T = o->seq;
+    size_t N = (size_t)B * T;
+    int *tok = malloc(N * sizeof(int)), *tg = malloc(N * sizeof(int));
+    eng_datum *d = calloc((size_t)B, sizeof(eng_datum));
+    float *lp = malloc(N * sizeof(float));
+    if (!tok || !tg || !d || !lp) abort();
+    uint64_t s = 42;
+    for (size_t i = 0; i < N; i++)
+        tok[i] = (int)(eng_rng_next(&s) % (uint64_t)m->V);
+    for (size_t i = 0; i < N; i++)
+        tg[i] = i + 1 < N ? tok[i + 1] : tok[0];
+    for (int b = 0; b < B; b++)
+        d[b] = (eng_datum){.tokens = tok + (size_t)b * T, .n = T, .targets = tg + (size_t)b * T};
+    eng_adam_params ap;
+    eng_adam_params_default(&ap);
+    ap.eps = 1e-8f;
+    double loss = 0, total = 0;
+    int rc = EXIT_FAIL;
+    for (int st = -1; st < o->steps; st++) {
+        if (st == 0) memset(m->prof, 0, sizeof(m->prof));
+        double t0 = lt_mono_s();
+        if (eng_forward_backward(e, d, B, "cross_entropy", NULL, 0, lp, &loss, &err) ||
+            eng_optim_step(e, &ap, &err)) {
+            fprintf(stderr, "lathe bench train: %s\n", err.msg);
+            goto done;
+        }
+        if (st >= 0) total += lt_mono_s() - t0;
+    }
+    double step_s = total / o->steps, tps = (double)N / step_s;
+    long long nmm = nmm_params(m);
+    double attn_per_tok = 6.0 * m->L * m->H * m->hd * T;
+    double flop_per_tok = 4.0 * (double)nmm + attn_per_tok;
+    double gflops = flop_per_tok * tps / 1e9;
+    double ph[ENG_NPHASES];
+    for (int i = 0; i < ENG_NPHASES; i++)
+        ph[i] = m->prof[i] / o->steps * 1e3;
+    double other = step_s * 1e3;
+    for (int i = 0; i < ENG_NPHASES; i++)
+        other -= ph[i];
+    double base = (double)eng_model_base_bytes(m), lora = (double)eng_model_lora_bytes(m),
+           arena = (double)eng_model_arena_bytes(m), rss = peak_rss_bytes();
+    double budget = 1.3 * (base + lora + arena);
+    if (o->json) {
+        json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i}", "bench", "train", "preset", o->preset,
+                              "batch", B, "seq", T, "threads", o->threads, "steps", o->steps);
+        json_object_set_new(j, "tokens_per_s", json_real(tps));
+        json_object_set_new(j, "ms_per_step", json_real(step_s * 1e3));
+        json_t *p = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "gemm", ph[ENG_PH_GEMM], "attention",
+                              ph[ENG_PH_ATTN], "norms_rope_act", ph[ENG_PH_NORM], "head_loss",
+                              ph[ENG_PH_HEAD], "optimizer", ph[ENG_PH_OPT], "other", other);
+        json_object_set_new(j, "ms_by_phase", p);
+        json_object_set_new(j, "flop_formula", json_string("tokens x (4*N_mm + 6*L*H*hd*T)"));
+        json_object_set_new(j, "n_mm", json_integer(nmm));
+        json_object_set_new(j, "gflop_per_token", json_real(flop_per_tok / 1e9));
+        json_object_set_new(j, "achieved_gflops", json_real(gflops));
+        json_object_set_new(j, "sgemm_peak_gflops", json_real(g.peak));
+        json_object_set_new(j, "share_of_sgemm_peak", json_real(gflops / g.peak));
+        json_object_set_new(j, "loss", json_real(loss));
+        json_object_set_new(j, "peak_rss_bytes", json_real(rss));
+        json_object_set_new(j, "budget_bytes", json_real(budget));
+        json_object_set_new(j, "base_bytes", json_real(base));
+        json_object_set_new(j, "lora_bytes", json_real(lora));
+        json_object_set_new(j, "arena_bytes", json_real(arena));
+        print_json(j);
+    } else {
+        printf(
+            "train: preset %s, batch %d x seq %d, LoRA r16 on q,k,v,o,gate,up,down, %d thread(s), %d steps\n",
+            o->preset, B, T, o->threads, o->steps);
+        printf("  %-28s %12.1f\n", "tokens/s", tps);
+        printf("  %-28s %12.1f\n", "ms/step", step_s * 1e3);
+        const char *names[ENG_NPHASES] = {"GEMM (linear + LoRA)", "attention", "norms/rope/act/residual",
+                                          "head + loss", "optimizer"};
+        for (int i = 0; i < ENG_NPHASES; i++)
+            printf("    %-26s %12.1f ms\n", names[i], ph[i]);
+        printf("    %-26s %12.1f ms\n", "other (batching, memset)", other);
+        printf("  FLOPs/token = 4*N_mm + 6*L*H*hd*T = 4*%lld + 6*%d*%d*%d*%d = %.3f GFLOP\n", nmm, m->L, m->H,
+               m->hd, T, flop_per_tok / 1e9);
+        printf("  %-28s %12.1f GFLOP/s\n", "achieved", gflops);
+        printf("  %-28s %12.1f GFLOP/s\n", "measured SGEMM peak", g.peak);
+        printf("  %-28s %11.1f %%\n", "share of SGEMM peak", 100.0 * gflops / g.peak);
+        printf("  %-28s %12.1f MiB\n", "peak RSS", rss / 1048576.0);
+        printf("  %-28s %12.1f MiB  (1.3 x (base %.1f + adapter/grad/moments %.1f + arena %.1f))\n", "budget",
+               budget / 1048576.0, base / 1048576.0, lora / 1048576.0, arena / 1048576.0);
+        printf("  %-28s %12s\n", "RSS within budget", rss <= budget ? "yes" : "NO");
+    }
+    rc = EXIT_OK;
+done:
+    free(tok), free(tg), free(d), free(lp);
+    eng_close(e);
+    return rc;
+}
+
+static int bench_sample(const bench_opts *o) {
+    double bw = copy_bandwidth();
+    lt_err err = {0};
+    eng_model *m = bench_model(o, &err);
+    if (!m) {
+        fprintf(stderr, "lathe bench sample: %s\n", err.msg);
+        return EXIT_FAIL;
+    }
+    eng_engine *e = eng_from_model(m, o->preset);
+    int prompt[16];
+    uint64_t s = 7;
+    for (int i = 0; i < 16; i++)
+        prompt[i] = (int)(eng_rng_next(&s) % (uint64_t)m->V);
+    const int batches[2] = {1, 16}, gen = 32;
+    double tps[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        eng_sample_params p;
+        eng_sample_params_default(&p);
+        p.max_tokens = gen, p.num_samples = batches[k], p.seed = 1;
+        eng_sample_result r;
+        /* time the decode loop only: subtract a 1-token run (prefill + first token) */
+        p.max_tokens = 1;
+        double t0 = lt_mono_s();
+        if (eng_engine_sample(e, prompt, 16, &p, 1, NULL, &r, &err)) goto fail;
+        double t_pre = lt_mono_s() - t0;
+        eng_sample_result_free(&r);
+        p.max_tokens = gen;
+        t0 = lt_mono_s();
+        if (eng_engine_sample(e, prompt, 16, &p, 1, NULL, &r, &err)) goto fail;
+        double t = lt_mono_s() - t0 - t_pre;
+        int ntok = 0;
+        for (int i = 0; i < r.n; i++)
+            ntok += r.seqs[i].n - 1;
+        eng_sample_result_free(&r);
+        tps[k] = ntok / t;
+    }
+    double wbytes = (double)eng_model_base_bytes(m) + (double)m->n_lora * sizeof(float);
+    double bound = bw * 1e9 / wbytes;
+    if (o->json) {
+        json_t *j = json_pack("{s:s, s:s, s:i, s:i}", "bench", "sample", "preset", o->preset, "threads",
+                              o->threads, "generated_per_run", gen);
+        json_object_set_new(j, "tokens_per_s_batch1", json_real(tps[0]));
+        json_object_set_new(j, "tokens_per_s_batch16", json_real(tps[1]));
+        json_object_set_new(j, "copy_bandwidth_gbs", json_real(bw));
+        json_object_set_new(j, "weight_bytes_per_token", json_real(wbytes));
+        json_object_set_new(j, "bandwidth_bound_tokens_per_s", json_real(bound));
+        json_object_set_new(j, "batch1_share_of_bound", json_real(tps[0] / bound));
+        print_json(j);
+    } else {
+        printf("sample: preset %s, 16-token prompt, %d generated tokens, %d thread(s)\n", o->preset, gen,
+               o->threads);
+        printf("  %-34s %10.1f tokens/s\n", "batch 1", tps[0]);
+        printf("  %-34s %10.1f tokens/s\n", "batch 16", tps[1]);
+        printf("  %-34s %10.1f GB/s (read + write)\n", "copy bandwidth", bw);
+        printf("  %-34s %10.1f MB\n", "weight bytes per token (f32)", wbytes / 1e6);
+        printf("  %-34s %10.1f tokens/s\n", "bandwidth bound at batch 1", bound);
+        printf("  %-34s %9.1f %%\n", "batch 1 share of the bound", 100.0 * tps[0] / bound);
+    }
+    eng_close(e);
+    return EXIT_OK;
+fail:
+    fprintf(stderr, "lathe bench sample: %s\n", err.msg);
+    eng_close(e);
+    return EXIT_FAIL;
+}
+
+static int parse_pos(const char *opt, const char *v, int *out) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < 1 || x > 1 << 20) {
+        fprintf(stderr, "lathe bench: %s must be a positive integer, got '%s'\n", opt, v);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+int cmd_bench(int argc, char **argv) {
+    bench_opts o = {.preset = "smollm2-135m", .batch = 4, .seq = 128, .steps = 3};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return EXIT_OK;
+        }
+        if (!strcmp(a, "--json")) {
+            o.json = 1;
+            continue;
+        }
+        if (a[0] != '-') {
+            if (o.what) {
+                fprintf(stderr, "lathe bench: unexpected argument '%s'\n", a);
+                return EXIT_USAGE;
+            }
+            o.what = a;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "lathe bench: unknown option '%s' or missing value (see --help)\n", a);
+            return EXIT_USAGE;
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "--preset"))
+            o.preset = v;
+        else if (!strcmp(a, "--batch"))
+            bad = parse_pos(a, v, &o.batch);
+        else if (!strcmp(a, "--seq"))
+            bad = parse_pos(a, v, &o.seq);
+        else if (!strcmp(a, "--steps"))
+            bad = parse_pos(a, v, &o.steps);
+        else if (!strcmp(a, "--threads"))
+            bad = parse_pos(a, v, &o.threads);
+        else {
+            fprintf(stderr, "lathe bench: unknown option '%s' (see --help)\n", a);
+            return EXIT_USAGE;
+        }
+        if (bad) return EXIT_USAGE;
+    }
+    if (!o.what) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    eng_set_threads(o.threads);
+    o.threads = omp_get_max_threads();
+    if (!strcmp(o.what, "gemm")) return bench_gemm(&o);
+    if (!strcmp(o.what, "train")) return bench_train(&o);
+    if (!strcmp(o.what, "sample")) return bench_sample(&o);
+    fprintf(stderr, "lathe bench: unknown benchmark '%s' (gemm, train or sample)\n", o.what);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,71 @@
+/* tokenizer.h: byte-level BPE tokenizers read from Hugging Face tokenizer.json (Llama 3, Qwen2/2.5/3,
+ * SmolLM2, GPT-2 style), token-exact with the `tokenizers` library.
+ *
+ * Pipeline (encode): added/special tokens are found first in the raw text (leftmost-longest, with the
+ * lstrip/rstrip/single_word flags applied as HF does); the pieces between them are normalized (none or NFC,
+ * as the file says), pre-tokenized (Split regexes via PCRE2 with UTF+UCP, Digits, ByteLevel), mapped through
+ * the GPT-2 byte<->unicode table and merged by BPE rank. No post-processor is applied: eng_tok_encode never
+ * adds a BOS token; callers that want one prepend eng_tok_bos_id().
+ *
+ * Input text must be valid UTF-8: eng_tok_encode rejects invalid UTF-8 with a 400 error naming the byte
+ * offset (HF only accepts Python str, which is always valid). Decode maps tokens back to bytes; byte
+ * sequences that are not valid UTF-8 are replaced with U+FFFD per maximal invalid subpart, as HF's
+ * String::from_utf8_lossy does, so eng_tok_decode always returns valid UTF-8.
+ *
+ * Ownership: eng_tok_load returns a tokenizer the caller frees with eng_tok_free. A loaded tokenizer is
+ * read-only and may be used from several threads at once. Strings returned by eng_tok_id_to_token belong to
+ * the tokenizer. *ids from eng_tok_encode and the string from eng_tok_decode are malloc'd; the caller frees
+ * them. */
+#ifndef LATHE_ENGINE_TOKENIZER_H
+#define LATHE_ENGINE_TOKENIZER_H
+
+#include <stddef.h>
+
+#include "util/err.h"
+
+typedef struct eng_tokenizer eng_tokenizer;
+
+/* Loads `path`: a tokenizer.json file, or a model directory containing one (then tokenizer_config.json next
+ * to it, when present, supplies bos/eos token names and the chat template). Returns NULL with err (400
+ * malformed or unsupported content, naming the JSON field; 404 missing file; 500 I/O). */
+eng_tokenizer *eng_tok_load(const char *path, lt_err *err);
+/* Loads tokenizer.json content from memory (no tokenizer_config.json: bos/eos come from the post-processor
+ * and well-known added-token names). Errors as eng_tok_load, 400 for content. */
+eng_tokenizer *eng_tok_load_mem(const char *json, size_t len, lt_err *err);
+void eng_tok_free(eng_tokenizer *tok);
+
+/* Encodes len bytes of text. allow_special = 1: added tokens (special or not) written in the text are matched
+ * as those tokens (HF's default); 0: only non-special added tokens are matched, special-token strings are
+ * tokenized as plain text. Returns 0 with *ids (malloc'd, may be NULL when *n == 0) and *n, or -1 with err
+ * (400 invalid UTF-8). */
+int eng_tok_encode(const eng_tokenizer *tok, const char *text, size_t len, int allow_special, int **ids,
+                   size_t *n, lt_err *err);
+
+/* Decodes ids to text (malloc'd, NUL-terminated, *len without the NUL; len may be NULL). skip_special = 1
+ * drops special added tokens. Ids outside the vocabulary are skipped. Never returns NULL (aborts on OOM). */
+char *eng_tok_decode(const eng_tokenizer *tok, const int *ids, size_t n, int skip_special, size_t *len);
+
+/* Bytes one token decodes to on its own (for streaming decoders and stop-string checks): writes up to cap
+ * bytes into buf and returns the full byte count (0 for unknown ids). */
+size_t eng_tok_token_bytes(const eng_tokenizer *tok, int id, char *buf, size_t cap);
+
+/* One more than the largest id in the model vocab or the added tokens. */
+int eng_tok_vocab_size(const eng_tokenizer *tok);
+/* Id of an exact token string (vocab entry in the byte-level alphabet, e.g. "Ġthe", or an added token such as
+ * "<|im_end|>"); -1 if absent. */
+int eng_tok_token_id(const eng_tokenizer *tok, const char *token_string);
+/* The token string of an id (byte-level alphabet for BPE entries); NULL if the id is unused. */
+const char *eng_tok_id_to_token(const eng_tokenizer *tok, int id);
+/* 1 if id is an added token flagged "special" in tokenizer.json. */
+int eng_tok_is_special(const eng_tokenizer *tok, int id);
+
+/* BOS / EOS as far as the files tell: tokenizer_config.json's bos_token / eos_token when present, else the
+ * post-processor's prepended special token (BOS) and well-known names (<|begin_of_text|>, <|endoftext|>,
+ * <|end_of_text|>, <s>, </s>); -1 when unknown. */
+int eng_tok_bos_id(const eng_tokenizer *tok);
+int eng_tok_eos_id(const eng_tokenizer *tok);
+/* The chat_template string from tokenizer_config.json when the model dir had one, else NULL (owned by tok).
+ */
+const char *eng_tok_chat_template(const eng_tokenizer *tok);
+
+#endif

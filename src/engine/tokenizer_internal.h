@@ -1,0 +1,61 @@
+/* tokenizer_internal.h: helpers shared by the tokenizer's own files (tokenizer*.c); not a public surface.
+ *
+ * Ownership: eng_tok_nfc and eng_tok_fm_strip return malloc'd bytes the caller frees; eng_tok_fast_scan fills
+ * a caller-owned eng_tok_fastmodel released with eng_tok_fm_free. */
+#ifndef LATHE_ENGINE_TOKENIZER_INTERNAL_H
+#define LATHE_ENGINE_TOKENIZER_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/tokenizer.h"
+#include "util/strbuf.h"
+
+/* Ids beyond this are rejected as malformed (real vocabularies stay under 300k). */
+#define ENG_TOK_MAX_ID 2000000
+
+/* Decodes one UTF-8 code point at s[0..n) (n >= 1). Returns its byte length (1-4), or 0 when the bytes there
+ * are not a valid, shortest-form, non-surrogate sequence; *cp gets the code point when valid. */
+int eng_tok_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
+/* Encodes cp as UTF-8 into out (4 bytes room); returns the byte count. */
+int eng_tok_utf8_put(uint32_t cp, unsigned char *out);
+/* Byte offset of the first invalid UTF-8 sequence in s[0..n), or n when all of it is valid. */
+size_t eng_tok_utf8_invalid_at(const char *s, size_t n);
+
+/* Unicode NFC of valid UTF-8 s[0..n): malloc'd, NUL-terminated, *out_len without the NUL. */
+char *eng_tok_nfc(const char *s, size_t n, size_t *out_len);
+
+/* ---- tokenizer_json.c: model.vocab / model.merges read without jansson ---- */
+
+typedef struct {
+    uint32_t a, al, b, bl; /* offsets/lengths into eng_tok_fastmodel.str */
+} eng_tok_fm_merge;
+
+typedef struct {
+    strbuf str;     /* decoded strings, back to back */
+    uint32_t *voff; /* vocab entry i: str[voff[i] .. +vlen[i]] -> vid[i] */
+    uint32_t *vlen;
+    int32_t *vid;
+    size_t nv, capv;
+    eng_tok_fm_merge *m;
+    size_t nm, capm;
+    int has_merges;
+    size_t vocab_a, vocab_b, merges_a, merges_b; /* spans in the text */
+} eng_tok_fastmodel;
+
+/* Reads model.vocab and model.merges of text[0..len) into f and records their spans; 0 on success, -1 (f
+ * empty) when the text is anything the scanner does not handle exactly like jansson: load with jansson then.
+ */
+int eng_tok_fast_scan(const char *text, size_t len, eng_tok_fastmodel *f);
+/* The text with the vocab and merges spans replaced by {} and [] (malloc'd; *out_len set). */
+char *eng_tok_fm_strip(const char *text, size_t len, const eng_tok_fastmodel *f, size_t *out_len);
+void eng_tok_fm_free(eng_tok_fastmodel *f);
+
+/* 1 if the tokenizer's normalizer is NFC (the only one supported), so its tokens spell the NFC form. */
+int eng_tok_has_nfc(const eng_tokenizer *tok);
+
+/* eng_tok_load_mem with the fast vocab/merges scanner on (fast = 1, the normal path) or off (everything
+ * through jansson): the fuzz target checks both paths agree. */
+eng_tokenizer *eng_tok_load_mem_path(const char *json, size_t len, int fast, lt_err *err);
+
+#endif

@@ -1,0 +1,171 @@
+/* jobs_models.c: the model catalog: which directories under the models dir are trainable base models.
+ *
+ * Nothing is cached: a scan walks the models dir (a handful of directories, JOBS_MODELS_MAX_DEPTH levels at
+ * most, hidden entries skipped, symlinks followed but never twice into one directory) and parses each
+ * candidate's config.json, which takes microseconds per model. So a model copied or symlinked into the
+ * directory shows up in the next catalog request and a job submitted right after, with no restart and no
+ * stale state. A directory is a model when it holds config.json (of an architecture eng_config_load
+ * accepts), tokenizer.json and safetensors weights; a model directory is not searched further. */
+#include "store/jobs_models.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "util/util.h"
+
+static int is_file(const char *dir, const char *name) {
+    char *p = lt_path_join(dir, name);
+    struct stat st;
+    int ok = stat(p, &st) == 0 && S_ISREG(st.st_mode);
+    free(p);
+    return ok;
+}
+
+static int has_weights(const char *dir) {
+    if (is_file(dir, "model.safetensors") || is_file(dir, "model.safetensors.index.json")) return 1;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int found = 0;
+    while (!found && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        found = n > 12 && strcmp(e->d_name + n - 12, ".safetensors") == 0 && is_file(dir, e->d_name);
+    }
+    closedir(d);
+    return found;
+}
+
+/* 0 when dir is a valid model (cfg filled), else -1 with err (404) saying what is missing. */
+static int check_model(const char *dir, const char *id, eng_config *cfg, lt_err *err) {
+    if (!is_file(dir, "config.json")) return lt_err_set(err, 404, "model '%s' not found", id);
+    if (!is_file(dir, "tokenizer.json"))
+        return lt_err_set(err, 404, "model '%s' has no tokenizer.json: it cannot be trained", id);
+    if (!has_weights(dir))
+        return lt_err_set(err, 404, "model '%s' has no safetensors weights: it cannot be trained", id);
+    lt_err cerr;
+    if (eng_config_load(dir, cfg, &cerr) != 0)
+        return lt_err_set(err, 404, "model '%s' cannot be loaded: %s", id, cerr.msg);
+    return 0;
+}
+
+/* Three significant digits: 0.000123, 0.494, 7.62, 70.6. */
+static double round3(double x) {
+    if (x <= 0) return 0;
+    double mag = pow(10.0, 2 - floor(log10(x)));
+    return round(x * mag) / mag;
+}
+
+json_t *jobs_models_item(const char *id, const eng_config *cfg) {
+    const char *slash = strrchr(id, '/');
+    json_t *algs = json_pack("[s,s,s,s]", "sft", "importance_sampling", "ppo", "grpo");
+    json_t *item = json_pack("{s:s,s:s,s:s,s:s,s:f,s:i,s:b,s:o,s:n}", "tinker_id", id, "display_name",
+                             slash ? slash + 1 : id, "family", cfg->family, "type", "dense", "size_b",
+                             round3((double)eng_config_num_params(cfg) / 1e9), "context_length",
+                             cfg->max_position_embeddings, "extended_context",
+                             cfg->rope_type != ENG_ROPE_DEFAULT, "supported_algorithms", algs, "pricing");
+    if (!item) abort(); /* out of memory building a small object */
+    return item;
+}
+
+int jobs_models_find(const char *models_dir, const char *id, char **dir, eng_config *cfg, lt_err *err) {
+    /* a clean relative path: segments of [A-Za-z0-9._-], none empty, none starting with '.' */
+    size_t n = id ? strlen(id) : 0;
+    int ok = n > 0 && n < 512 && id[0] != '/';
+    for (const char *p = id; ok && *p; p++) {
+        char c = *p;
+        int seg_start = p == id || p[-1] == '/';
+        if (seg_start && (c == '.' || c == '/')) ok = 0;
+        if (!(c == '/' || c == '.' || c == '_' || c == '-' || (c >= 'a' && c <= 'z') ||
+              (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
+            ok = 0;
+    }
+    if (ok && id[n - 1] == '/') ok = 0;
+    if (!ok) return lt_err_set(err, 404, "model '%.200s' not found", id ? id : "");
+    char *path = lt_path_join(models_dir, id);
+    eng_config c;
+    if (check_model(path, id, cfg ? cfg : &c, err) != 0) {
+        free(path);
+        return -1;
+    }
+    if (dir)
+        *dir = path;
+    else
+        free(path);
+    return 0;
+}
+
+static int cmp_items(const void *a, const void *b) {
+    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    return strcmp(json_string_value(json_object_get(x, "tinker_id")),
+                  json_string_value(json_object_get(y, "tinker_id")));
+}
+
+/* The directories a scan has descended into, by device and inode: a symlink back to one of them (a loop) is
+ * not followed again. Model directories are not recorded, so a symlinked alias of a model is listed under its
+ * own id too. */
+typedef struct visited {
+    dev_t dev[64];
+    ino_t ino[64];
+    int n;
+} visited;
+
+static int seen_before(visited *v, const struct stat *st) {
+    for (int i = 0; i < v->n; i++)
+        if (v->dev[i] == st->st_dev && v->ino[i] == st->st_ino) return 1;
+    if (v->n == 64) return 1; /* more directories than a models dir has: stop descending */
+    v->dev[v->n] = st->st_dev;
+    v->ino[v->n++] = st->st_ino;
+    return 0;
+}
+
+static void scan(const char *root, const char *rel, int depth, visited *v, json_t *out) {
+    char *dir = rel[0] ? lt_path_join(root, rel) : lt_strdup(root);
+    eng_config cfg;
+    lt_err err;
+    struct stat st;
+    if (rel[0] && is_file(dir, "config.json")) {
+        if (check_model(dir, rel, &cfg, &err) == 0) json_array_append_new(out, jobs_models_item(rel, &cfg));
+        free(dir);
+        return;
+    }
+    DIR *d =
+        depth < JOBS_MODELS_MAX_DEPTH && stat(dir, &st) == 0 && !seen_before(v, &st) ? opendir(dir) : NULL;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char *child = lt_path_join(dir, e->d_name);
+        int is_dir = stat(child, &st) == 0 && S_ISDIR(st.st_mode); /* symlinks followed */
+        free(child);
+        if (!is_dir) continue;
+        char *crel = rel[0] ? lt_path_join(rel, e->d_name) : lt_strdup(e->d_name);
+        scan(root, crel, depth + 1, v, out);
+        free(crel);
+    }
+    if (d) closedir(d);
+    free(dir);
+}
+
+int jobs_models_scan(const char *models_dir, json_t **items, lt_err *err) {
+    json_t *out = json_array();
+    if (!out) return lt_err_set(err, 500, "out of memory listing models");
+    visited v = {.n = 0};
+    scan(models_dir, "", 0, &v, out);
+    size_t n = json_array_size(out);
+    if (n > 1) {
+        json_t **v = malloc(n * sizeof *v);
+        if (!v) abort();
+        for (size_t i = 0; i < n; i++)
+            v[i] = json_incref(json_array_get(out, i));
+        qsort(v, n, sizeof *v, cmp_items);
+        json_array_clear(out);
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(out, v[i]);
+        free(v);
+    }
+    *items = out;
+    return 0;
+}

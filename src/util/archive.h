@@ -1,0 +1,71 @@
+/* archive.h: safe reading of tar / tar.gz archives into memory, and packing a directory into one.
+ *
+ * An uploaded artifact is an archive from the outside world, so reading one is defensive: every entry becomes
+ * a plain (path, bytes) item or the whole archive is refused. Refused: absolute paths, `..` components, links
+ * whose target leaves the archive root or does not exist, links to directories, device files, fifos and
+ * sockets, duplicate paths, non-UTF-8 or control characters in names, and more entries / bytes than the
+ * limits allow (the byte limits are enforced while decompressing, so a gzip bomb stops at the limit). Links
+ * whose target lies inside the archive become copies of the target file; directories leave no item, and so do
+ * tool droppings (.git, __pycache__, __MACOSX, .DS_Store, AppleDouble "._x" files), once their names passed
+ * the checks above.
+ *
+ * Error codes (lt_err.code): 400 unreadable or unsafe archive, 413 over a limit, 422 manifest not found.
+ *
+ * Ownership: archive_items owns every path and data buffer; archive_items_free releases them. The prefix
+ * `archive_` is shared with libarchive, so the names here avoid libarchive's (archive_read_*,
+ * archive_write_*, archive_entry_*). */
+#ifndef LATHE_UTIL_ARCHIVE_H
+#define LATHE_UTIL_ARCHIVE_H
+
+#include <stddef.h>
+
+#include "util/err.h"
+
+typedef struct archive_item {
+    char *path;          /* normalized: relative, '/'-separated, no "." or ".." components, no trailing '/' */
+    unsigned char *data; /* malloc'd, NUL-terminated after size bytes (handy for text parsers) */
+    size_t size;
+} archive_item;
+
+typedef struct archive_items {
+    archive_item *v; /* sorted by path (byte order) after a successful unpack */
+    size_t n, cap;
+    size_t total; /* sum of sizes */
+} archive_items;
+
+#define ARCHIVE_ITEMS_INIT                                                                                   \
+    { NULL, 0, 0, 0 }
+
+typedef struct archive_limits {
+    size_t max_entries;     /* headers of any kind, directories included */
+    size_t max_file_bytes;  /* one file, unpacked */
+    size_t max_total_bytes; /* all files together, unpacked */
+} archive_limits;
+
+/* 100,000 entries, 2 GiB per file, 4 GiB in all. */
+archive_limits archive_limits_default(void);
+
+/* Reads a tar (ustar, pax, GNU), optionally gzip-compressed, from memory. lim NULL = defaults. On success
+ * out holds every regular file sorted by path and 0 is returned; on error out is left empty, err is filled,
+ * and -1 is returned. out must be empty (ARCHIVE_ITEMS_INIT) on entry. */
+int archive_unpack_mem(const void *buf, size_t n, const archive_limits *lim, archive_items *out, lt_err *err);
+
+/* The same, reading the archive from a file. */
+int archive_unpack_file(const char *path, const archive_limits *lim, archive_items *out, lt_err *err);
+
+/* Finds an item by normalized path; NULL when absent. Borrowed pointer, valid until the items change. */
+const archive_item *archive_items_find(const archive_items *items, const char *path);
+
+/* Locates `manifest` (e.g. "dataset.yaml") at the root, or inside a single top-level directory that holds
+ * every item; in the second case strips "DIR/" from every path. 422 when it is in neither place. */
+int archive_items_root(archive_items *items, const char *manifest, lt_err *err);
+
+void archive_items_free(archive_items *items);
+
+/* Packs the regular files under dir (recursively, in sorted order, paths relative to dir) into a
+ * reproducible archive: mtimes, owners and the gzip timestamp are zeroed, modes are 0644, so the same tree
+ * gives the same bytes and the same digest. `.git`, `__pycache__` and `.DS_Store` are skipped; symbolic links
+ * to regular files are stored as files, other links are skipped. gzip != 0 compresses. *out is malloc'd. */
+int archive_pack_dir(const char *dir, int gzip, unsigned char **out, size_t *out_len, lt_err *err);
+
+#endif

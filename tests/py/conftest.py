@@ -1,0 +1,220 @@
+"""Shared pytest fixtures: a real `lathe serve` per test (or per module), and helpers to talk to it.
+
+How to use it in a test file (no import needed: pytest loads this file itself):
+
+    def test_something(server):                      # a fresh server, default settings
+        r = server.get("/api/v1/user")               # relative paths go to server.url, with the admin key
+        assert r.status_code == 200
+
+    def test_other(lathe_server):                    # the factory: choose env / flags
+        s = lathe_server(env={"LATHE_RATE_LIMIT": "1:2"}, args=["--workers", "0"])
+        anon = s.session(key=None)                   # a requests.Session without a key
+        r = anon.get("/healthz")
+
+    def test_many(module_server): ...                # one server shared by a whole test module (faster)
+
+The server object (LatheServer) has:
+    url        "http://127.0.0.1:PORT"
+    key        the admin key the server bootstrapped (read from <data dir>/admin.key)
+    data_dir   pathlib.Path of the server's data dir (a temp dir; blobs, lathe.db, admin.key, models/)
+    proc       the subprocess.Popen
+    session(key=<admin key>, user_agent=None) -> requests.Session whose relative URLs go to url and which
+               sends X-API-Key (key=None: no key). Default timeout 30 s per request.
+    get/post/put/patch/delete(path, **kw)  shortcuts on a shared admin session
+    admin(*args, check=True) -> subprocess.CompletedProcess of `lathe admin ARGS --data-dir DATA_DIR --json`;
+               .json() is not available there: use json.loads(cp.stdout)
+    new_user(email, org="default", role="contributor") -> key: creates a user (lathe admin), grants the role,
+               creates a key, returns it
+    log()      the server's stderr so far (log lines carry request ids)
+    stop(sig=SIGTERM, timeout=30) -> exit code (the fixture checks it is 0 at teardown)
+
+Environment: LATHE_BIN (default <repo>/build/lathe) is the binary under test; LATHE_ROOT the repo root
+(default: two levels above this file). SHARED is <repo>/../shared (fixtures). The factory sets
+LATHE_RATE_LIMIT=0 (off) unless the test passes its own, so that bursts of test requests are not throttled;
+every other setting keeps the server's default unless given in env= or args=.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+
+ROOT = pathlib.Path(os.environ.get("LATHE_ROOT", pathlib.Path(__file__).resolve().parents[2]))
+LATHE_BIN = pathlib.Path(os.environ.get("LATHE_BIN", ROOT / "build" / "lathe"))
+SHARED = ROOT.parent / "shared"
+
+START_TIMEOUT_S = 30
+
+
+class ApiSession(requests.Session):
+    """A requests.Session bound to a server: relative URLs ("/api/v1/user") are joined to the base URL."""
+
+    def __init__(self, base, key=None, user_agent=None):
+        super().__init__()
+        self.base = base
+        if key:
+            self.headers["X-API-Key"] = key
+        if user_agent:
+            self.headers["User-Agent"] = user_agent
+
+    def request(self, method, url, *args, **kwargs):
+        if url.startswith("/"):
+            url = self.base + url
+        kwargs.setdefault("timeout", 30)
+        return super().request(method, url, *args, **kwargs)
+
+
+class LatheServer:
+    def __init__(self, data_dir, env=None, args=()):
+        self.data_dir = pathlib.Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The caller's shell must not leak LATHE_* settings into the server under test.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LATHE_") or k in ("LATHE_BIN", "LATHE_ROOT")}
+        self.env["LATHE_RATE_LIMIT"] = "0"
+        self.env.update(env or {})
+        self.args = list(args)
+        self._stdout_lines = []
+        self._stderr_path = self.data_dir.parent / (self.data_dir.name + "-server.log")
+        self._stderr = open(self._stderr_path, "wb")
+        cmd = [str(LATHE_BIN), "serve", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0", *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, env=self.env)
+        self._ready = threading.Event()
+        self.url = None
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        if not self._ready.wait(START_TIMEOUT_S) or self.url is None:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(
+                "lathe serve did not start: stdout=%r stderr=%s" % (self._stdout_lines, self.log()[-4000:])
+            )
+        self.key = (self.data_dir / "admin.key").read_text().strip()
+        self._admin_session = self.session()
+        self.returncode = None
+
+    def _read_stdout(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._stdout_lines.append(line)
+            if line.startswith("lathe: listening on "):
+                self.url = line[len("lathe: listening on ") :].strip()
+                self._ready.set()
+        self._ready.set()  # process ended
+
+    @property
+    def stdout(self):
+        return "\n".join(self._stdout_lines)
+
+    def log(self):
+        if not self._stderr.closed:
+            self._stderr.flush()
+        return self._stderr_path.read_text(errors="replace")
+
+    def session(self, key="__admin__", user_agent=None):
+        return ApiSession(self.url, self.key if key == "__admin__" else key, user_agent)
+
+    def get(self, path, **kw):
+        return self._admin_session.get(path, **kw)
+
+    def post(self, path, **kw):
+        return self._admin_session.post(path, **kw)
+
+    def put(self, path, **kw):
+        return self._admin_session.put(path, **kw)
+
+    def patch(self, path, **kw):
+        return self._admin_session.patch(path, **kw)
+
+    def delete(self, path, **kw):
+        return self._admin_session.delete(path, **kw)
+
+    def admin(self, *args, check=True):
+        cmd = [str(LATHE_BIN), "admin", *args, "--data-dir", str(self.data_dir), "--json"]
+        cp = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=60)
+        if check and cp.returncode != 0:
+            raise AssertionError("lathe admin %s failed (%d): %s" % (" ".join(args), cp.returncode, cp.stderr))
+        return cp
+
+    def new_user(self, email, org="default", role="contributor", **key_args):
+        self.admin("create-user", "--email", email)
+        if org:
+            self.admin("grant", "--email", email, "--org", org, "--role", role)
+        extra = []
+        for k, v in key_args.items():
+            extra += ["--" + k.replace("_", "-"), v]
+        out = self.admin("create-key", "--email", email, *extra)
+        return json.loads(out.stdout)["key"]
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.returncode is not None:
+            return self.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.returncode = -9
+        self._stderr.close()
+        return self.returncode
+
+
+def _start(tmp_dir, servers, env=None, args=(), name=None):
+    name = name or "data%d" % len(servers)
+    s = LatheServer(pathlib.Path(tmp_dir) / name, env=env, args=args)
+    servers.append(s)
+    return s
+
+
+def _stop_all(servers):
+    bad = []
+    for s in servers:
+        rc = s.stop()
+        if rc != 0:
+            bad.append((s.data_dir, rc, s.log()[-2000:]))
+    assert not bad, "lathe serve did not exit 0 at teardown: %r" % (bad,)
+
+
+@pytest.fixture
+def lathe_server(tmp_path):
+    """Factory: lathe_server(env=None, args=(), name=None) -> LatheServer; all are stopped at teardown."""
+    servers = []
+    yield lambda env=None, args=(), name=None: _start(tmp_path, servers, env, args, name)
+    _stop_all(servers)
+
+
+@pytest.fixture
+def server(lathe_server):
+    """A fresh server with default settings (rate limit off)."""
+    return lathe_server()
+
+
+@pytest.fixture(scope="module")
+def module_server():
+    """One server for a whole test module."""
+    tmp = tempfile.mkdtemp(prefix="lathe-py-")
+    servers = []
+    _start(tmp, servers)
+    yield servers[0]
+    _stop_all(servers)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def assert_envelope(r, code, type_=None):
+    """Checks that r is the SPEC §2.1 error envelope with this status (and type); returns the body."""
+    assert r.status_code == code, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) <= {"code", "detail", "type", "errors"}, body
+    assert body["code"] == code and isinstance(body["detail"], str) and isinstance(body["type"], str), body
+    if type_ is not None:
+        assert body["type"] == type_, body
+    assert r.headers.get("X-Request-Id"), "every response carries X-Request-Id"
+    return body

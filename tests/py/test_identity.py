@@ -1,0 +1,228 @@
+"""Identity and tenancy routes of SPEC §3 against a real `lathe serve`: /user, API keys, orgs, workspaces,
+projects, members, with their role rules (404 for non-members, 403 for roles too low or keys too narrow)."""
+
+import json
+import re
+
+from conftest import assert_envelope
+
+KEY_RE = re.compile(r"^lk_[0-9A-Za-z]{40}$")
+TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_user_shows_orgs_and_roles(server):
+    r = server.get("/api/v1/user")
+    assert r.status_code == 200
+    u = r.json()
+    assert u["email"] == "admin@localhost"
+    assert TS_RE.match(u["created_at"])
+    assert [(o["key"], o["role"]) for o in u["orgs"]] == [("default", "owner")]
+    assert u["api_key"]["masked_key"].startswith(server.key[:7])
+    assert server.key not in r.text  # the key itself is never echoed
+
+
+def test_bootstrap_made_default_tree(server):
+    ws = server.get("/api/v1/org/default/workspaces").json()["items"]
+    assert [(w["key"], w["is_default"]) for w in ws] == [("main", True)]
+    ps = server.get("/api/v1/org/default/ws/main/projects").json()["items"]
+    assert [(p["key"], p["is_default"]) for p in ps] == [("default", True)]
+    assert (server.data_dir / "admin.key").stat().st_mode & 0o777 == 0o600
+    assert "admin API key" in server.stdout and server.key in server.stdout
+
+
+def test_api_key_lifecycle(server):
+    r = server.post("/api/v1/user/api-keys", json={"name": "ci"})
+    assert r.status_code == 201, r.text
+    k = r.json()
+    assert set(k) == {"id", "key", "masked_key", "name", "org", "workspace", "scopes", "created_at"}
+    assert KEY_RE.match(k["key"]) and k["org"] is None and k["workspace"] is None
+    assert k["masked_key"] == k["key"][:7] + "..." + k["key"][-4:]
+    assert len(k["scopes"]) == 5
+    other = server.session(key=k["key"])
+    assert other.get("/api/v1/user").status_code == 200
+    # Listing never shows a key, and last_used_at moved.
+    lst = server.get("/api/v1/user/api-keys").json()["items"]
+    assert k["key"] not in str(lst)
+    mine = [x for x in lst if x["id"] == k["id"]][0]
+    assert TS_RE.match(mine["last_used_at"]) and mine["revoked_at"] is None
+    # Revoke: 204, then the key fails with 401; revoking again is fine.
+    assert server.delete("/api/v1/user/api-keys/" + k["id"]).status_code == 204
+    assert_envelope(other.get("/api/v1/user"), 401, "authentication_error")
+    assert server.delete("/api/v1/user/api-keys/" + k["id"]).status_code == 204
+    lst = server.get("/api/v1/user/api-keys").json()["items"]
+    assert [x for x in lst if x["id"] == k["id"]][0]["revoked_at"] is not None
+    assert_envelope(server.delete("/api/v1/user/api-keys/00000000-0000-4000-8000-000000000000"), 404, "not_found")
+    assert_envelope(server.delete("/api/v1/user/api-keys/not-a-uuid"), 404, "not_found")
+
+
+def test_api_key_of_another_user_cannot_be_revoked(server):
+    bob = server.session(key=server.new_user("bob@example.com"))
+    k = server.post("/api/v1/user/api-keys", json={"name": "admin2"}).json()
+    assert_envelope(bob.delete("/api/v1/user/api-keys/" + k["id"]), 404, "not_found")
+    assert server.session(key=k["key"]).get("/api/v1/user").status_code == 200
+
+
+def test_api_key_validation(server):
+    b = assert_envelope(server.post("/api/v1/user/api-keys", json={}), 422, "validation_error")
+    assert b["errors"][0]["loc"] == ["body", "name"] and b["errors"][0]["type"] == "missing"
+    b = assert_envelope(
+        server.post("/api/v1/user/api-keys", json={"name": "x", "scopes": ["training:read", "admin"], "color": 1}),
+        422,
+        "validation_error",
+    )
+    locs = {tuple(e["loc"]): e["type"] for e in b["errors"]}
+    assert locs[("body", "scopes", 1)] == "enum"
+    assert locs[("body", "color")] == "extra_forbidden"
+    b = assert_envelope(server.post("/api/v1/user/api-keys", json={"name": "x", "workspace": "main"}), 422)
+    assert b["errors"][0]["loc"] == ["body", "workspace"] and b["errors"][0]["type"] == "value_error"
+    b = assert_envelope(server.post("/api/v1/user/api-keys", json={"name": "x", "org": "nope"}), 404, "not_found")
+    assert b["errors"][0]["loc"] == ["body", "org"]
+    b = assert_envelope(
+        server.post("/api/v1/user/api-keys", json={"name": "x", "org": "default", "workspace": "nope"}), 404
+    )
+    assert b["errors"][0]["loc"] == ["body", "workspace"]
+
+
+def test_limited_keys(server):
+    server.post("/api/v1/orgs", json={"key": "beta"})
+    server.post("/api/v1/org/default/workspaces", json={"key": "research"})
+    k = server.post(
+        "/api/v1/user/api-keys",
+        json={"name": "ws", "org": "default", "workspace": "main", "scopes": ["training:read"]},
+    ).json()
+    assert (k["org"], k["workspace"], k["scopes"]) == ("default", "main", ["training:read"])
+    s = server.session(key=k["key"])
+    assert s.get("/api/v1/org/default/ws/main/projects").status_code == 200
+    # Member of beta, but the key is limited to default: 403; other workspace of its org: 403.
+    assert_envelope(s.get("/api/v1/org/beta/workspaces"), 403, "permission_denied")
+    assert_envelope(s.get("/api/v1/org/default/ws/research/projects"), 403, "permission_denied")
+    # Org-level writes are out for a workspace-limited key even for an owner.
+    assert_envelope(s.post("/api/v1/org/default/workspaces", json={"key": "w2"}), 403, "permission_denied")
+    assert_envelope(s.post("/api/v1/orgs", json={"key": "gamma"}), 403, "permission_denied")
+    # It cannot mint a wider key.
+    assert_envelope(s.post("/api/v1/user/api-keys", json={"name": "wider"}), 403, "permission_denied")
+    assert_envelope(
+        s.post(
+            "/api/v1/user/api-keys",
+            json={"name": "more scopes", "org": "default", "workspace": "main", "scopes": ["training:write"]},
+        ),
+        403,
+    )
+    r = s.post(
+        "/api/v1/user/api-keys",
+        json={"name": "same", "org": "default", "workspace": "main", "scopes": ["training:read"]},
+    )
+    assert r.status_code == 201, r.text
+    # It lists only its own org and workspace.
+    assert [o["key"] for o in s.get("/api/v1/orgs").json()["items"]] == ["default"]
+    assert [w["key"] for w in s.get("/api/v1/org/default/workspaces").json()["items"]] == ["main"]
+
+
+def test_orgs(server):
+    r = server.post("/api/v1/orgs", json={"key": "acme", "name": "Acme Inc"})
+    assert r.status_code == 201, r.text
+    o = r.json()
+    assert (o["key"], o["name"], o["role"]) == ("acme", "Acme Inc", "owner")
+    assert_envelope(server.post("/api/v1/orgs", json={"key": "acme"}), 409, "conflict")
+    b = assert_envelope(server.post("/api/v1/orgs", json={"key": "Bad_Slug"}), 422, "validation_error")
+    assert b["errors"][0] == {"loc": ["body", "key"], "msg": b["errors"][0]["msg"], "type": "string_pattern"}
+    assert_envelope(server.post("/api/v1/orgs", json={"key": "a" * 64}), 422)
+    assert server.post("/api/v1/orgs", json={"key": "a" * 63}).status_code == 201
+    assert_envelope(server.post("/api/v1/orgs", json={"name": "no key"}), 422)
+    assert_envelope(server.post("/api/v1/orgs", json=["key"]), 422)
+    keys = [x["key"] for x in server.get("/api/v1/orgs").json()["items"]]
+    assert keys == sorted(["acme", "default", "a" * 63])
+    # The new org has workspace main and project default.
+    ws = server.get("/api/v1/org/acme/workspaces").json()["items"]
+    assert [w["key"] for w in ws] == ["main"]
+    assert [p["key"] for p in server.get("/api/v1/org/acme/ws/main/projects").json()["items"]] == ["default"]
+
+
+def test_workspaces_and_projects(server):
+    r = server.post("/api/v1/org/default/workspaces", json={"key": "research", "name": "Research"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["key"], r.json()["is_default"]) == ("research", False)
+    assert_envelope(server.post("/api/v1/org/default/workspaces", json={"key": "research"}), 409, "conflict")
+    assert_envelope(server.post("/api/v1/org/default/workspaces", json={"key": "-x"}), 422, "validation_error")
+    assert_envelope(server.get("/api/v1/org/nope/workspaces"), 404, "not_found")
+    r = server.post("/api/v1/org/default/ws/research/projects", json={"key": "exp-1"})
+    assert r.status_code == 201 and r.json()["name"] == "exp-1"
+    assert_envelope(server.post("/api/v1/org/default/ws/research/projects", json={"key": "exp-1"}), 409, "conflict")
+    assert_envelope(server.get("/api/v1/org/default/ws/nope/projects"), 404, "not_found")
+    keys = [p["key"] for p in server.get("/api/v1/org/default/ws/research/projects").json()["items"]]
+    assert keys == ["default", "exp-1"]
+    # The same project key in another workspace is fine.
+    assert server.post("/api/v1/org/default/ws/main/projects", json={"key": "exp-1"}).status_code == 201
+
+
+def test_roles_reader_contributor_non_member(server):
+    reader = server.session(key=server.new_user("r@example.com", role="reader"))
+    contrib = server.session(key=server.new_user("c@example.com", role="contributor"))
+    outsider = server.session(key=server.new_user("o@example.com", org=None))
+    for s in (reader, contrib):
+        assert s.get("/api/v1/org/default/workspaces").status_code == 200
+        assert s.get("/api/v1/org/default/members").status_code == 200
+        assert_envelope(s.post("/api/v1/org/default/workspaces", json={"key": "x"}), 403, "permission_denied")
+        assert_envelope(s.post("/api/v1/org/default/ws/main/projects", json={"key": "x"}), 403)
+        assert_envelope(s.post("/api/v1/org/default/members", json={"email": "z@z", "role": "reader"}), 403)
+    # A non-member never learns that the org exists: same 404 as for an org that does not exist.
+    a = assert_envelope(outsider.get("/api/v1/org/default/workspaces"), 404, "not_found")
+    b = assert_envelope(outsider.get("/api/v1/org/nosuch/workspaces"), 404, "not_found")
+    assert a["detail"].replace("default", "X") == b["detail"].replace("nosuch", "X")
+    assert_envelope(outsider.post("/api/v1/org/default/workspaces", json={"key": "x"}), 404)
+    assert_envelope(outsider.get("/api/v1/org/default/ws/main/projects"), 404)
+    assert outsider.get("/api/v1/user").json()["orgs"] == []
+    # But anyone may create an org of their own.
+    assert outsider.post("/api/v1/orgs", json={"key": "mine"}).status_code == 201
+    assert_envelope(server.get("/api/v1/org/mine/workspaces"), 404)  # admin is not a member there
+
+
+def test_members(server):
+    r = server.post("/api/v1/org/default/members", json={"email": "new@example.com", "role": "reader"})
+    assert r.status_code == 201, r.text
+    m = r.json()
+    assert (m["email"], m["role"]) == ("new@example.com", "reader")
+    assert_envelope(
+        server.post("/api/v1/org/default/members", json={"email": "new@example.com", "role": "reader"}), 409
+    )
+    r = server.post("/api/v1/org/default/members", json={"email": "new@example.com", "role": "contributor"})
+    assert r.status_code == 200 and r.json()["role"] == "contributor"
+    b = assert_envelope(server.post("/api/v1/org/default/members", json={"email": "x@y", "role": "boss"}), 422)
+    assert b["errors"][0]["loc"] == ["body", "role"] and b["errors"][0]["type"] == "enum"
+    b = assert_envelope(server.post("/api/v1/org/default/members", json={"email": "nope"}), 422)
+    assert {tuple(e["loc"]) for e in b["errors"]} == {("body", "email"), ("body", "role")}
+    members = server.get("/api/v1/org/default/members").json()["items"]
+    assert {(x["email"], x["role"]) for x in members} == {
+        ("admin@localhost", "owner"),
+        ("new@example.com", "contributor"),
+    }
+    admin_id = [x["user_id"] for x in members if x["role"] == "owner"][0]
+    assert_envelope(server.delete("/api/v1/org/default/members/" + admin_id), 409, "conflict")  # last owner
+    assert server.delete("/api/v1/org/default/members/" + m["user_id"]).status_code == 204
+    assert_envelope(server.delete("/api/v1/org/default/members/" + m["user_id"]), 404, "not_found")
+    assert len(server.get("/api/v1/org/default/members").json()["items"]) == 1
+
+
+def test_admin_cli_verbs(server):
+    out = server.admin("create-org", "--key", "ops", "--name", "Operations")
+    assert '"key": "ops"' in out.stdout
+    assert server.admin("create-org", "--key", "ops", check=False).returncode != 0
+    server.admin("create-user", "--email", "ops@example.com", "--username", "ops")
+    server.admin("grant", "--email", "ops@example.com", "--org", "ops", "--role", "owner")
+    k = json.loads(server.admin("create-key", "--email", "ops@example.com", "--org", "ops", "--scopes",
+                                "training:read,artifacts:read").stdout)
+    assert KEY_RE.match(k["key"]) and k["org"] == "ops" and k["scopes"] == ["training:read", "artifacts:read"]
+    s = server.session(key=k["key"])
+    assert [o["key"] for o in s.get("/api/v1/user").json()["orgs"]] == ["ops"]
+    assert s.get("/api/v1/org/ops/workspaces").status_code == 200
+    server.admin("revoke-key", "--id", k["id"])
+    assert_envelope(s.get("/api/v1/user"), 401)
+    cp = server.admin("grant", "--email", "nobody@example.com", "--org", "ops", "--role", "owner", check=False)
+    assert cp.returncode == 4 and "nobody@example.com" in cp.stderr
+    # init is idempotent and hands out a fresh owner key each time (also into admin.key).
+    first = json.loads(server.admin("init").stdout)
+    second = json.loads(server.admin("init").stdout)
+    assert not first["created_org"] and not second["created_user"]
+    assert first["key"] != second["key"]
+    assert (server.data_dir / "admin.key").read_text().strip() == second["key"]
+    assert server.session(key=first["key"]).get("/api/v1/user").status_code == 200

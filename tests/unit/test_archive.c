@@ -1,0 +1,354 @@
+/* Unit tests for util/archive: every safety rule of archive_unpack_mem, manifest location, and packing.
+ *
+ * Test archives are built here with libarchive's writer, which happily writes the hostile entries (absolute
+ * paths, "..", devices, links out of the root) that the reader must refuse. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <archive.h>
+#include <archive_entry.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/archive.h"
+#include "util/strbuf.h"
+#include "util/util.h"
+
+/* ---- a tiny archive builder ---- */
+
+typedef struct ent {
+    const char *path;
+    int type; /* AE_IFREG, AE_IFDIR, AE_IFLNK, AE_IFCHR, AE_IFIFO, or 1 for a hard link */
+    const char *data_or_target;
+} ent;
+
+static la_ssize_t wcb(struct archive *a, void *ud, const void *buf, size_t n) {
+    (void)a;
+    sb_append((strbuf *)ud, buf, n);
+    return (la_ssize_t)n;
+}
+
+/* Builds a tar (gzip != 0: tar.gz) of the entries; returns malloc'd bytes. */
+static unsigned char *build(const ent *ents, size_t n, int gzip, size_t *len) {
+    strbuf sb = STRBUF_INIT;
+    struct archive *w = archive_write_new();
+    archive_write_set_format_pax_restricted(w);
+    if (gzip) archive_write_add_filter_gzip(w);
+    archive_write_set_bytes_in_last_block(w, 1);
+    assert_int_equal(archive_write_open2(w, &sb, NULL, wcb, NULL, NULL), ARCHIVE_OK);
+    for (size_t i = 0; i < n; i++) {
+        struct archive_entry *e = archive_entry_new();
+        archive_entry_set_pathname(e, ents[i].path);
+        archive_entry_set_perm(e, 0644);
+        if (ents[i].type == 1) {
+            archive_entry_set_filetype(e, AE_IFREG);
+            archive_entry_set_hardlink(e, ents[i].data_or_target);
+            archive_entry_set_size(e, 0);
+        } else {
+            archive_entry_set_filetype(e, (mode_t)ents[i].type);
+            if (ents[i].type == AE_IFREG)
+                archive_entry_set_size(e, (la_int64_t)strlen(ents[i].data_or_target));
+            if (ents[i].type == AE_IFLNK) archive_entry_set_symlink(e, ents[i].data_or_target);
+            if (ents[i].type == AE_IFCHR) archive_entry_set_rdev(e, 0x0101);
+        }
+        assert_int_equal(archive_write_header(w, e), ARCHIVE_OK);
+        if (ents[i].type == AE_IFREG)
+            archive_write_data(w, ents[i].data_or_target, strlen(ents[i].data_or_target));
+        archive_entry_free(e);
+    }
+    archive_write_close(w);
+    archive_write_free(w);
+    *len = sb.len;
+    return (unsigned char *)sb_steal(&sb);
+}
+
+/* Unpacks the entries; returns the rc and leaves the error in *err. */
+static int try_unpack(const ent *ents, size_t n, int gzip, const archive_limits *lim, archive_items *out,
+                      lt_err *err) {
+    size_t len;
+    unsigned char *buf = build(ents, n, gzip, &len);
+    lt_err_clear(err);
+    int rc = archive_unpack_mem(buf, len, lim, out, err);
+    free(buf);
+    return rc;
+}
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static void expect_refused(const ent *ents, size_t n, int code, const char *needle) {
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    assert_int_equal(try_unpack(ents, n, 0, NULL, &it, &err), -1);
+    assert_int_equal(err.code, code);
+    if (!strstr(err.msg, needle)) fail_msg("message '%s' lacks '%s'", err.msg, needle);
+    assert_int_equal(it.n, 0);
+    assert_null(it.v);
+}
+
+static void test_plain_and_gzip(void **state) {
+    ent e[] = {{"./ds/", AE_IFDIR, NULL},
+               {"./ds/dataset.yaml", AE_IFREG, "name: x\n"},
+               {"./ds//data/train.jsonl", AE_IFREG, "{\"prompt\":\"a\"}\n"},
+               {"ds/empty.txt", AE_IFREG, ""}};
+    for (int gz = 0; gz < 2; gz++) {
+        archive_items it = ARCHIVE_ITEMS_INIT;
+        lt_err err;
+        assert_int_equal(try_unpack(e, N(e), gz, NULL, &it, &err), 0);
+        assert_int_equal(it.n, 3);
+        assert_string_equal(it.v[0].path, "ds/data/train.jsonl"); /* sorted, normalized */
+        assert_string_equal(it.v[1].path, "ds/dataset.yaml");
+        assert_string_equal(it.v[2].path, "ds/empty.txt");
+        assert_int_equal(it.v[2].size, 0);
+        assert_int_equal(it.v[2].data[0], '\0');
+        assert_int_equal(it.total, strlen("name: x\n") + strlen("{\"prompt\":\"a\"}\n"));
+        assert_int_equal(archive_items_root(&it, "dataset.yaml", &err), 0);
+        assert_string_equal(it.v[1].path, "dataset.yaml");
+        assert_non_null(archive_items_find(&it, "data/train.jsonl"));
+        assert_memory_equal(archive_items_find(&it, "dataset.yaml")->data, "name: x\n", 8);
+        archive_items_free(&it);
+    }
+}
+
+static void test_junk_skipped(void **state) {
+    ent e[] = {{"ds/", AE_IFDIR, NULL},
+               {"ds/dataset.yaml", AE_IFREG, "x"},
+               {"ds/.git/config", AE_IFREG, "secret"},
+               {"ds/sub/__pycache__/m.pyc", AE_IFREG, "x"},
+               {"ds/.DS_Store", AE_IFREG, "x"},
+               {"._ds", AE_IFREG, "appledouble"},
+               {"__MACOSX/ds/._dataset.yaml", AE_IFREG, "x"}};
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    assert_int_equal(try_unpack(e, N(e), 1, NULL, &it, &err), 0);
+    assert_int_equal(it.n, 1);
+    assert_int_equal(archive_items_root(&it, "dataset.yaml", &err), 0); /* still one top-level directory */
+    assert_string_equal(it.v[0].path, "dataset.yaml");
+    archive_items_free(&it);
+    ent bad[] = {{".git/../../x", AE_IFREG, "x"}}; /* junk names are still checked first */
+    expect_refused(bad, N(bad), 400, "'..' in path");
+}
+
+static void test_absolute_path(void **state) {
+    ent e[] = {{"/etc/passwd", AE_IFREG, "x"}};
+    expect_refused(e, N(e), 400, "unsafe entry '/etc/passwd': absolute path");
+}
+
+static void test_dotdot(void **state) {
+    ent e[] = {{"ok.txt", AE_IFREG, "x"}, {"a/../../evil", AE_IFREG, "x"}};
+    expect_refused(e, N(e), 400, "unsafe entry 'a/../../evil': '..' in path");
+    ent e2[] = {{"a/..", AE_IFDIR, NULL}};
+    expect_refused(e2, N(e2), 400, "'..' in path");
+}
+
+static void test_control_chars(void **state) {
+    ent e[] = {{"a\nb", AE_IFREG, "x"}};
+    expect_refused(e, N(e), 400, "control character in path");
+}
+
+static void test_device_fifo(void **state) {
+    ent e[] = {{"dev", AE_IFCHR, NULL}};
+    expect_refused(e, N(e), 400, "dev is a device file");
+    ent f[] = {{"pipe", AE_IFIFO, NULL}};
+    expect_refused(f, N(f), 400, "pipe is a fifo");
+}
+
+static void test_symlink_outside(void **state) {
+    ent e[] = {{"a/link", AE_IFLNK, "../../etc/passwd"}};
+    expect_refused(e, N(e), 400, "symbolic link a/link points outside the archive root");
+    ent f[] = {{"link", AE_IFLNK, "/etc/passwd"}};
+    expect_refused(f, N(f), 400, "symbolic link link points outside the archive root");
+}
+
+static void test_symlink_inside(void **state) {
+    ent e[] = {{"data/real.jsonl", AE_IFREG, "{}\n"},
+               {"data/alias.jsonl", AE_IFLNK, "real.jsonl"},
+               {"top.jsonl", AE_IFLNK, "data/alias.jsonl"}, /* a chain */
+               {"hard.jsonl", 1, "data/real.jsonl"}};
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    assert_int_equal(try_unpack(e, N(e), 0, NULL, &it, &err), 0);
+    assert_int_equal(it.n, 4);
+    assert_memory_equal(archive_items_find(&it, "data/alias.jsonl")->data, "{}\n", 3);
+    assert_memory_equal(archive_items_find(&it, "top.jsonl")->data, "{}\n", 3);
+    assert_memory_equal(archive_items_find(&it, "hard.jsonl")->data, "{}\n", 3);
+    archive_items_free(&it);
+}
+
+static void test_dangling_and_dir_links(void **state) {
+    ent e[] = {{"link", AE_IFLNK, "missing.txt"}};
+    expect_refused(e, N(e), 400, "link link points to missing.txt, which is not a file in the archive");
+    ent f[] = {{"d/", AE_IFDIR, NULL}, {"d/x", AE_IFREG, "1"}, {"l", AE_IFLNK, "d"}};
+    expect_refused(f, N(f), 400, "link l points to a directory");
+    ent g[] = {{"h", 1, "../x"}};
+    expect_refused(g, N(g), 400, "hard link h points outside the archive");
+    ent loop[] = {{"a", AE_IFLNK, "b"}, {"b", AE_IFLNK, "a"}};
+    expect_refused(loop, N(loop), 400, "link a points to b, which is not a file");
+}
+
+static void test_duplicates(void **state) {
+    ent e[] = {{"a.txt", AE_IFREG, "1"}, {"./a.txt", AE_IFREG, "2"}};
+    expect_refused(e, N(e), 400, "a.txt appears twice");
+    ent f[] = {{"a.txt", AE_IFREG, "1"}, {"a.txt", AE_IFLNK, "b"}, {"b", AE_IFREG, "2"}};
+    expect_refused(f, N(f), 400, "a.txt appears twice");
+}
+
+static void test_limits(void **state) {
+    ent e[] = {{"a", AE_IFREG, "0123456789"}, {"b", AE_IFREG, "0123456789"}, {"c/", AE_IFDIR, NULL}};
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    archive_limits lim = {2, 100, 100};
+    assert_int_equal(try_unpack(e, N(e), 0, &lim, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    assert_string_equal(err.msg, "archive: more than 2 entries");
+    lim = (archive_limits){10, 5, 100};
+    assert_int_equal(try_unpack(e, N(e), 0, &lim, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    assert_string_equal(err.msg, "archive: a is 10 bytes, over the per-file limit of 5 bytes");
+    lim = (archive_limits){10, 100, 15};
+    assert_int_equal(try_unpack(e, N(e), 1, &lim, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    assert_string_equal(err.msg, "archive: unpacked contents are over the limit of 15 bytes");
+    /* links count against the total too */
+    ent l[] = {{"a", AE_IFREG, "0123456789"}, {"b", AE_IFLNK, "a"}};
+    assert_int_equal(try_unpack(l, N(l), 0, &lim, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    assert_null(it.v);
+}
+
+/* A gzip bomb: 64 MiB of zeros in one file compresses to ~64 KiB; a 1 MiB limit stops it early. */
+static void test_gzip_bomb(void **state) {
+    size_t big = 64u << 20;
+    char *zeros = calloc(1, big + 1);
+    memset(zeros, 'a', big);
+    ent e[] = {{"bomb.txt", AE_IFREG, zeros}};
+    size_t len;
+    unsigned char *buf = build(e, 1, 1, &len);
+    free(zeros);
+    assert_true(len < (1u << 20));
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    archive_limits lim = {100, (size_t)1 << 30, 1u << 20};
+    assert_int_equal(archive_unpack_mem(buf, len, &lim, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    free(buf);
+}
+
+static void test_malformed(void **state) {
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    assert_int_equal(
+        archive_unpack_mem("hello, not an archive at all, just some text........", 52, NULL, &it, &err), -1);
+    assert_int_equal(err.code, 400);
+    assert_string_equal(err.msg, "archive: not a tar or tar.gz archive (Unrecognized archive format)");
+    assert_int_equal(archive_unpack_mem("", 0, NULL, &it, &err), -1);
+    assert_string_equal(err.msg, "archive: the body is empty; send a tar or tar.gz file");
+    /* a truncated archive: header promises more bytes than follow */
+    ent e[] = {{"a.txt", AE_IFREG, "0123456789012345678901234567890123456789"}};
+    size_t len;
+    unsigned char *buf = build(e, 1, 0, &len);
+    assert_int_equal(archive_unpack_mem(buf, 520, NULL, &it, &err), -1);
+    assert_int_equal(err.code, 400);
+    /* an archive of nothing but the end marker */
+    memset(buf, 0, 1024);
+    assert_int_equal(archive_unpack_mem(buf, 1024, NULL, &it, &err), -1);
+    assert_string_equal(err.msg, "archive: the archive is empty");
+    free(buf);
+}
+
+static void test_root_location(void **state) {
+    lt_err err;
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    ent two[] = {{"a/dataset.yaml", AE_IFREG, "x"}, {"b/x.jsonl", AE_IFREG, "x"}};
+    assert_int_equal(try_unpack(two, N(two), 0, NULL, &it, &err), 0);
+    assert_int_equal(archive_items_root(&it, "dataset.yaml", &err), -1);
+    assert_int_equal(err.code, 422);
+    assert_string_equal(err.msg,
+                        "dataset.yaml not found: put it at the archive root or inside a single top-level "
+                        "directory that holds everything else");
+    archive_items_free(&it);
+    ent deep[] = {{"a/b/dataset.yaml", AE_IFREG, "x"}};
+    assert_int_equal(try_unpack(deep, N(deep), 0, NULL, &it, &err), 0);
+    assert_int_equal(archive_items_root(&it, "dataset.yaml", &err), -1);
+    archive_items_free(&it);
+    ent root[] = {{"dataset.yaml", AE_IFREG, "x"}, {"b/x.jsonl", AE_IFREG, "x"}};
+    assert_int_equal(try_unpack(root, N(root), 0, NULL, &it, &err), 0);
+    assert_int_equal(archive_items_root(&it, "dataset.yaml", &err), 0);
+    assert_non_null(archive_items_find(&it, "b/x.jsonl"));
+    archive_items_free(&it);
+}
+
+static void write_file(const char *dir, const char *rel, const char *text) {
+    char *p = lt_path_join(dir, rel);
+    lt_err err;
+    assert_int_equal(lt_write_file_atomic(p, text, strlen(text), 0644, &err), 0);
+    free(p);
+}
+
+static void test_pack_roundtrip(void **state) {
+    char dir[] = "/tmp/lathe-test-archive-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    lt_err err;
+    char *sub = lt_path_join(dir, "agents/.git");
+    assert_int_equal(lt_mkdir_p(sub, 0755, &err), 0);
+    free(sub);
+    write_file(dir, "capability.yaml", "name: c\n");
+    write_file(dir, "agents/assistant.md", "hello\n");
+    write_file(dir, "agents/.git/config", "secret\n");
+    write_file(dir, ".DS_Store", "junk");
+    char *lnk = lt_path_join(dir, "alias.md");
+    assert_int_equal(symlink("agents/assistant.md", lnk), 0);
+    free(lnk);
+    unsigned char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    assert_int_equal(archive_pack_dir(dir, 1, &a, &na, &err), 0);
+    sleep(1); /* a timestamp anywhere in the output would now differ */
+    assert_int_equal(archive_pack_dir(dir, 1, &b, &nb, &err), 0);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, na);
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    assert_int_equal(archive_unpack_mem(a, na, NULL, &it, &err), 0);
+    assert_int_equal(it.n, 3);
+    assert_string_equal(it.v[0].path, "agents/assistant.md");
+    assert_string_equal(it.v[1].path, "alias.md");
+    assert_string_equal(it.v[2].path, "capability.yaml");
+    assert_memory_equal(it.v[1].data, "hello\n", 6);
+    archive_items_free(&it);
+    free(a);
+    free(b);
+    char empty[] = "/tmp/lathe-test-archive-empty-XXXXXX";
+    assert_non_null(mkdtemp(empty));
+    assert_int_equal(archive_pack_dir(empty, 0, &a, &na, &err), 0);   /* packs to an empty tar... */
+    assert_int_equal(archive_unpack_mem(a, na, NULL, &it, &err), -1); /* ...which the reader refuses */
+    assert_string_equal(err.msg, "archive: the archive is empty");
+    free(a);
+    rmdir(empty);
+    assert_int_equal(archive_pack_dir("/nonexistent-lathe", 0, &a, &na, &err), -1);
+    assert_string_equal(err.msg, "/nonexistent-lathe is not a directory");
+    lt_rm_rf(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plain_and_gzip),
+        cmocka_unit_test(test_junk_skipped),
+        cmocka_unit_test(test_absolute_path),
+        cmocka_unit_test(test_dotdot),
+        cmocka_unit_test(test_control_chars),
+        cmocka_unit_test(test_device_fifo),
+        cmocka_unit_test(test_symlink_outside),
+        cmocka_unit_test(test_symlink_inside),
+        cmocka_unit_test(test_dangling_and_dir_links),
+        cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_gzip_bomb),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_root_location),
+        cmocka_unit_test(test_pack_roundtrip),
+    };
+    return cmocka_run_group_tests_name("archive", tests, NULL, NULL);
+}
