@@ -66,7 +66,7 @@ if [[ $only == *,fuzz,* ]]; then
         if "$t" -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$log_dir/$name-" "$work" \
             >"$log_dir/$name.log" 2>&1; then
             passed=$((passed + 1))
-            echo "ok   fuzz/$name (${secs}s, $(grep -oE 'stat::number_executed_units: *[0-9]+' "$log_dir/$name.log" | grep -oE '[0-9]+$' || echo '?') runs)"
+            echo "ok   fuzz/$name (${secs}s, $(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log_dir/$name.log" | grep -oE '[0-9]+$' || echo '?') runs)"
         else
             failed=$((failed + 1))
             failed_names+=("fuzz/$name")
