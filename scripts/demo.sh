@@ -62,10 +62,11 @@ step "5. the same training on this machine with the engine (lathe train sft --da
 out="$data/local-runs/wrap-words"
 rm -rf "$out"
 "$lathe" train sft --model "$model_dir" --data "$ds/data/train.jsonl" --eval "$ds/data/validation.jsonl" \
-    --steps 60 --batch-size 8 --lr 0.01 --lora-rank 16 --lora-alpha 32 --checkpoint-interval 30 --seed 1 \
-    --out "$out"
+    --steps 300 --batch-size 8 --lr 0.01 --lora-rank 16 --lora-alpha 32 --checkpoint-interval 100 --seed 1 \
+    --out "$out" | awk '/^step / { n++; if (n % 25 != 0) next } { print; fflush() }'
 
-step "6. base model vs trained adapter, same prompts, greedy"
+
+step "6. base model vs trained adapter, greedy, on words of the training split (a tiny model memorises)"
 printf '   %-16s | %-24s | %s\n' prompt base adapter
 for w in apple candle forest; do
     b=$("$lathe" model sample "$model_dir" --prompt "wrap: $w" --chat --max-tokens 8 --temperature 0 2>/dev/null |
