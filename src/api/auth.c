@@ -75,17 +75,15 @@ int api_authorize(api_req *req, api_resp *resp, const char *org, const char *ws,
     }
     lt_err err = {0};
     store_org o;
-    int role = STORE_ROLE_NONE;
-    if (!org || !*org || store_org_by_key(req->ctx->db, org, &o, &err) != 0) {
+    store_workspace w;
+    int role = STORE_ROLE_NONE, ws_found = 0;
+    if (!org || !*org ||
+        store_access_lookup(req->ctx->db, org, p->user.id, ws, &o, &role, &w, &ws_found, &err) != 0) {
         if (err.code && err.code != 404) {
             api_error_from(resp, &err);
             return -1;
         }
         api_error(resp, 404, "not_found", "organization '%.80s' not found", org ? org : "");
-        return -1;
-    }
-    if (store_member_role(req->ctx->db, o.id, p->user.id, &role, &err) != 0) {
-        api_error_from(resp, &err);
         return -1;
     }
     if (role == STORE_ROLE_NONE) {
@@ -96,14 +94,8 @@ int api_authorize(api_req *req, api_resp *resp, const char *org, const char *ws,
         api_error(resp, 403, "permission_denied", "this API key is limited to another organization");
         return -1;
     }
-    store_workspace w;
-    memset(&w, 0, sizeof w);
     if (ws) {
-        if (store_workspace_by_key(req->ctx->db, o.id, ws, &w, &err) != 0) {
-            if (err.code != 404) {
-                api_error_from(resp, &err);
-                return -1;
-            }
+        if (!ws_found) {
             api_error(resp, 404, "not_found", "workspace '%.80s' not found in organization '%s'", ws, o.key);
             return -1;
         }

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "store/db_driver.h"
+#include "store/store.h"
 #include "util/util.h"
 
 #pragma weak db_migrations_core
@@ -48,6 +49,8 @@ typedef struct db_conn {
     void *impl;
     pthread_t owner;
     int in_tx;
+    int dv_known; /* data_version below has been read on this connection */
+    int64_t dv;   /* last PRAGMA data_version seen (db_changed_elsewhere) */
     struct db_conn *next, *prev;
 } db_conn;
 
@@ -261,6 +264,28 @@ int db_ping(db *d, lt_err *err) {
     if (!ok && rc != DB_ERROR) lt_err_set(err, 503, "store did not answer SELECT 1");
     if (ok && d->drv->check && d->drv->check(d->target, err) != 0) return -1;
     return ok ? 0 : -1;
+}
+
+/* Declared in store.h (a hook for the store's in-process caches). SQLite's `PRAGMA data_version` changes on a
+ * connection whenever any other connection, in this process or another, committed since that connection last
+ * read it; the first call on a connection, an error or another driver answer "changed". */
+int db_changed_elsewhere(db *d) {
+    lt_err err = {0};
+    db_conn *c = conn_get(d, &err);
+    if (!c || d->drv != &db_driver_sqlite) return 1;
+    db_stmt *s = db_prepare(d, "PRAGMA data_version", &err);
+    if (!s) return 1;
+    int rc = db_step(s, &err);
+    int64_t v = rc == DB_ROW ? db_column_int64(s, 0) : -1;
+    db_finalize(s);
+    if (rc != DB_ROW) {
+        c->dv_known = 0;
+        return 1;
+    }
+    int changed = !c->dv_known || c->dv != v;
+    c->dv = v;
+    c->dv_known = 1;
+    return changed;
 }
 
 /* ---- statements ---- */

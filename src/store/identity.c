@@ -10,7 +10,7 @@
  * display. Verification hashes the presented key, finds the row by hash (an index lookup that reveals
  * nothing useful: the hash of a guess), and compares the stored and computed hashes in constant time.
  * last_used_at is written at most once a second per key so that a busy client does not queue on the write
- * lock for every request.
+ * lock for every request; a verified key is then cached for a few seconds (see "verified-key cache" below).
  *
  * Idempotency records are keyed by (Idempotency-Key, user, route). store_idem_begin reserves the key in one
  * write transaction (status 0 = in flight), so two concurrent requests with the same key cannot both run;
@@ -19,9 +19,12 @@
  * Portable SQL only (db.h): TEXT ids, BIGINT ms timestamps, ON CONFLICT upserts. */
 #include <assert.h>
 #include <ctype.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "store/db.h"
 #include "store/store.h"
@@ -587,6 +590,40 @@ int store_member_role(db *d, const char *org_id, const char *user_id, int *role,
     return rc == DB_ERROR ? -1 : 0;
 }
 
+int store_access_lookup(db *d, const char *org_key, const char *user_id, const char *ws_key, store_org *org,
+                        int *role, store_workspace *ws, int *ws_found, lt_err *err) {
+    *role = STORE_ROLE_NONE;
+    *ws_found = 0;
+    memset(ws, 0, sizeof *ws);
+    /* One statement instead of three (org by key, membership, workspace by key); the LEFT JOINs leave NULLs
+     * where the user is not a member or the workspace does not exist. */
+    db_stmt *s =
+        db_query(d, err,
+                 "SELECT " ORG_COLS ", m.role, w.id, w.org_id, w.slug, w.name, w.is_default, w.created_at "
+                 "FROM orgs o LEFT JOIN memberships m ON m.org_id = o.id AND m.user_id = ? "
+                 "LEFT JOIN workspaces w ON w.org_id = o.id AND w.slug = ? WHERE o.slug = ?",
+                 "ttt", user_id, ws_key ? ws_key : "", org_key);
+    if (!s) return -1;
+    int rc = db_step(s, err);
+    if (rc == DB_ROW) {
+        read_org(s, 0, org);
+        if (!db_column_is_null(s, 4)) *role = store_role_parse(db_column_text(s, 4));
+        if (ws_key && !db_column_is_null(s, 5)) {
+            db_column_copy(s, 5, ws->id, sizeof ws->id);
+            db_column_copy(s, 6, ws->org_id, sizeof ws->org_id);
+            db_column_copy(s, 7, ws->key, sizeof ws->key);
+            db_column_copy(s, 8, ws->name, sizeof ws->name);
+            ws->is_default = (int)db_column_int64(s, 9);
+            ws->created_at = db_column_int64(s, 10);
+            *ws_found = 1;
+        }
+    }
+    db_finalize(s);
+    if (rc == DB_ROW) return 0;
+    if (rc == DB_DONE) lt_err_set(err, 404, "organization '%.80s' not found", org_key);
+    return -1;
+}
+
 static void rd_member(db_stmt *s, void *o) {
     store_member *m = o;
     read_user(s, 0, &m->user);
@@ -686,14 +723,104 @@ int store_apikey_create(db *d, const char *user_id, const char *name, const char
     return 0;
 }
 
+/* ---- verified-key cache ----
+ *
+ * A verified key and its user are kept for KEY_CACHE_TTL_MS in a small direct-mapped table (slot chosen by
+ * the key's hash), so that a busy client costs one cheap check instead of a key lookup, a user lookup and the
+ * last_used_at write. An entry is used only while all of these hold: it is younger than the TTL, it belongs
+ * to the same store handle, and the cache's generation has not moved since it was filled. The generation
+ * moves when this process revokes a key (store_apikey_cache_clear) and whenever the calling thread's
+ * connection sees that another connection committed (db_changed_elsewhere: SQLite's data_version, which also
+ * catches `lathe admin revoke-key` run by another process). So a revocation is visible at once; the TTL only
+ * bounds how long an entry lives. Failures are never cached. With a cache hit last_used_at is not written, so
+ * it lags by up to the TTL. */
+
+#define KEY_CACHE_SLOTS 256
+#define KEY_CACHE_TTL_MS 5000
+
+typedef struct {
+    const db *d;
+    uint64_t gen;
+    int64_t expires; /* monotonic ms */
+    char hash[LT_SHA256_HEX];
+    store_apikey key;
+    store_user user;
+} key_slot;
+
+static pthread_mutex_t key_cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static key_slot key_cache[KEY_CACHE_SLOTS];
+static uint64_t key_cache_gen = 1;
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static unsigned key_slot_of(const char *hash) {
+    unsigned h = 0;
+    for (int i = 0; i < 8; i++)
+        h = h * 31 + (unsigned char)hash[i];
+    return h % KEY_CACHE_SLOTS;
+}
+
+void store_apikey_cache_clear(void) {
+    pthread_mutex_lock(&key_cache_mu);
+    key_cache_gen++;
+    memset(key_cache, 0, sizeof key_cache);
+    pthread_mutex_unlock(&key_cache_mu);
+}
+
+/* 1 and *k, *u filled when a live entry for hash exists. Checks the store for outside commits first. */
+static int key_cache_get(db *d, const char *hash, store_apikey *k, store_user *u, uint64_t *gen_out) {
+    int changed = db_changed_elsewhere(d);
+    int64_t now = mono_ms();
+    int hit = 0;
+    pthread_mutex_lock(&key_cache_mu);
+    if (changed) key_cache_gen++;
+    *gen_out = key_cache_gen;
+    key_slot *e = &key_cache[key_slot_of(hash)];
+    if (e->d == d && e->gen == key_cache_gen && now < e->expires &&
+        lt_ct_equal(e->hash, hash, LT_SHA256_HEX - 1)) {
+        *k = e->key;
+        *u = e->user;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&key_cache_mu);
+    return hit;
+}
+
+/* Remembers a verification made under generation gen (ignored when the generation moved meanwhile). */
+static void key_cache_put(db *d, const char *hash, uint64_t gen, const store_apikey *k, const store_user *u) {
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&key_cache_mu);
+    if (gen == key_cache_gen) {
+        key_slot *e = &key_cache[key_slot_of(hash)];
+        e->d = d;
+        e->gen = gen;
+        e->expires = now + KEY_CACHE_TTL_MS;
+        memcpy(e->hash, hash, LT_SHA256_HEX);
+        e->key = *k;
+        e->user = *u;
+    }
+    pthread_mutex_unlock(&key_cache_mu);
+}
+
 int store_apikey_verify(db *d, const char *key, store_apikey *out, store_user *user, lt_err *err) {
     if (!store_apikey_shape_ok(key)) return lt_err_set(err, 401, "Authentication failed");
     char hash[LT_SHA256_HEX];
     lt_sha256_hex(key, strlen(key), hash);
+    store_apikey k = {0};
+    store_user u = {0};
+    uint64_t gen = 0;
+    if (key_cache_get(d, hash, &k, &u, &gen)) {
+        if (out) *out = k;
+        if (user) *user = u;
+        return 0;
+    }
     db_stmt *s =
         db_query(d, err, "SELECT " KEY_COLS ", key_hash FROM api_keys WHERE key_hash = ?", "t", hash);
     if (!s) return -1;
-    store_apikey k = {0};
     int rc = db_step(s, err);
     int match = 0;
     if (rc == DB_ROW) {
@@ -711,11 +838,13 @@ int store_apikey_verify(db *d, const char *key, store_apikey *out, store_user *u
         if (db_run(d, &e2, "UPDATE api_keys SET last_used_at = ? WHERE id = ?", "it", now, k.id) >= 0)
             k.last_used_at = now;
     }
-    if (user && store_user_get(d, k.user_id, user, err) != 0) {
+    if (store_user_get(d, k.user_id, &u, err) != 0) {
         if (err && err->code == 404) lt_err_set(err, 401, "Authentication failed");
         return -1;
     }
+    key_cache_put(d, hash, gen, &k, &u);
     if (out) *out = k;
+    if (user) *user = u;
     return 0;
 }
 
@@ -737,10 +866,12 @@ int store_apikey_revoke(db *d, const char *user_id, const char *key_id, lt_err *
     if (store_apikey_get(d, key_id, &k, err) != 0) return -1;
     if (user_id && strcmp(k.user_id, user_id) != 0) return lt_err_set(err, 404, "API key not found");
     if (k.revoked_at) return 0;
-    return db_run(d, err, "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", "it",
-                  lt_now_ms(), key_id) < 0
-               ? -1
-               : 0;
+    int rc = db_run(d, err, "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", "it",
+                    lt_now_ms(), key_id) < 0
+                 ? -1
+                 : 0;
+    store_apikey_cache_clear();
+    return rc;
 }
 
 /* ---- idempotency ---- */

@@ -1,15 +1,18 @@
 /* jobs_models.c: the model catalog: which directories under the models dir are trainable base models.
  *
- * Nothing is cached: a scan walks the models dir (a handful of directories, JOBS_MODELS_MAX_DEPTH levels at
+ * Nothing but parsed config.json files is cached (keyed by the file's inode, size and mtime, so an edit is
+ * seen at once): a scan walks the models dir (a handful of directories, JOBS_MODELS_MAX_DEPTH levels at
  * most, hidden entries skipped, symlinks followed but never twice into one directory) and parses each
- * candidate's config.json, which takes microseconds per model. So a model copied or symlinked into the
- * directory shows up in the next catalog request and a job submitted right after, with no restart and no
- * stale state. A directory is a model when it holds config.json (of an architecture eng_config_load
- * accepts), tokenizer.json and safetensors weights; a model directory is not searched further. */
+ * candidate's config.json (or takes it from that cache), microseconds per model. So a model copied or
+ * symlinked into the directory shows up in the next catalog request and a job submitted right after, with no
+ * restart and no stale state. A directory is a model when it holds config.json (of an architecture
+ * eng_config_load accepts), tokenizer.json and safetensors weights; a model directory is not searched
+ * further. */
 #include "store/jobs_models.h"
 
 #include <dirent.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,14 +43,68 @@ static int has_weights(const char *dir) {
 }
 
 /* 0 when dir is a valid model (cfg filled), else -1 with err (404) saying what is missing. */
+/* Parsed config.json files, keyed by directory and the file's identity (device, inode, size, modification
+ * time to the nanosecond): a job create reads the model's config without parsing it again, and a changed or
+ * replaced file is parsed afresh. Only successes are kept; the existence checks of check_model still run. */
+#define CONFIG_CACHE_SLOTS 16
+
+typedef struct {
+    char dir[512];
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    eng_config cfg;
+} config_slot;
+
+static pthread_mutex_t config_mu = PTHREAD_MUTEX_INITIALIZER;
+static config_slot config_cache[CONFIG_CACHE_SLOTS];
+static unsigned config_next; /* round-robin replacement */
+
+static int same_file(const config_slot *e, const char *dir, const struct stat *st) {
+    return e->dir[0] && strcmp(e->dir, dir) == 0 && e->dev == st->st_dev && e->ino == st->st_ino &&
+           e->size == st->st_size && e->mtime.tv_sec == st->st_mtim.tv_sec &&
+           e->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+static int config_load_cached(const char *dir, const struct stat *st, eng_config *cfg, lt_err *err) {
+    int hit = 0;
+    pthread_mutex_lock(&config_mu);
+    for (int i = 0; i < CONFIG_CACHE_SLOTS && !hit; i++) {
+        if (same_file(&config_cache[i], dir, st)) {
+            *cfg = config_cache[i].cfg;
+            hit = 1;
+        }
+    }
+    pthread_mutex_unlock(&config_mu);
+    if (hit) return 0;
+    if (eng_config_load(dir, cfg, err) != 0) return -1;
+    if (strlen(dir) < sizeof config_cache[0].dir) {
+        pthread_mutex_lock(&config_mu);
+        config_slot *e = &config_cache[config_next++ % CONFIG_CACHE_SLOTS];
+        snprintf(e->dir, sizeof e->dir, "%s", dir);
+        e->dev = st->st_dev;
+        e->ino = st->st_ino;
+        e->size = st->st_size;
+        e->mtime = st->st_mtim;
+        e->cfg = *cfg;
+        pthread_mutex_unlock(&config_mu);
+    }
+    return 0;
+}
+
 static int check_model(const char *dir, const char *id, eng_config *cfg, lt_err *err) {
-    if (!is_file(dir, "config.json")) return lt_err_set(err, 404, "model '%s' not found", id);
+    char *cp = lt_path_join(dir, "config.json");
+    struct stat st;
+    int has_config = stat(cp, &st) == 0 && S_ISREG(st.st_mode);
+    free(cp);
+    if (!has_config) return lt_err_set(err, 404, "model '%s' not found", id);
     if (!is_file(dir, "tokenizer.json"))
         return lt_err_set(err, 404, "model '%s' has no tokenizer.json: it cannot be trained", id);
     if (!has_weights(dir))
         return lt_err_set(err, 404, "model '%s' has no safetensors weights: it cannot be trained", id);
     lt_err cerr;
-    if (eng_config_load(dir, cfg, &cerr) != 0)
+    if (config_load_cached(dir, &st, cfg, &cerr) != 0)
         return lt_err_set(err, 404, "model '%s' cannot be loaded: %s", id, cerr.msg);
     return 0;
 }

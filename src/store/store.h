@@ -157,6 +157,11 @@ int store_member_set(db *d, const char *org_id, const char *user_id, int role, l
 /* The user's role in the org, STORE_ROLE_NONE (and 0 returned) when not a member. */
 int store_member_role(db *d, const char *org_id, const char *user_id, int *role, lt_err *err);
 int store_members_list(db *d, const char *org_id, store_member **items, size_t *n, lt_err *err);
+/* What authorization needs in one statement: the org by key (404 "organization ... not found" when absent),
+ * the user's role in it (STORE_ROLE_NONE when not a member) and, when ws_key is non-NULL, the workspace of
+ * that key in the org (*ws_found 0 when absent; *ws zeroed then and when ws_key is NULL). */
+int store_access_lookup(db *d, const char *org_key, const char *user_id, const char *ws_key, store_org *org,
+                        int *role, store_workspace *ws, int *ws_found, lt_err *err);
 /* Removes a membership: 404 when not a member; 409 when it is the org's last owner. */
 int store_member_remove(db *d, const char *org_id, const char *user_id, lt_err *err);
 
@@ -170,7 +175,9 @@ int store_apikey_create(db *d, const char *user_id, const char *name, const char
                         store_apikey *out, lt_err *err);
 /* Checks a presented key: finds it by SHA-256, compares in constant time, refuses revoked keys, and updates
  * last_used_at (at most once a second per key, to spare the write lock). 401 "Authentication failed" for a
- * malformed, unknown or revoked key. out and user (either may be NULL) receive the key and its user. */
+ * malformed, unknown or revoked key. A success is cached in process for up to 5 s; the cache is emptied by a
+ * revocation here and by any commit of another connection or process, so a revoked key fails at once. out and
+ * user (either may be NULL) receive the key and its user. */
 int store_apikey_verify(db *d, const char *key, store_apikey *out, store_user *user, lt_err *err);
 int store_apikey_get(db *d, const char *id, store_apikey *out, lt_err *err);
 /* The user's keys, newest first, revoked ones included (revoked_at set). */
@@ -179,6 +186,13 @@ int store_apikeys_list(db *d, const char *user_id, store_apikey **items, size_t 
 int store_apikey_revoke(db *d, const char *user_id, const char *key_id, lt_err *err);
 /* 1 when s has the shape of a key ("lk_" + 40 base62). */
 int store_apikey_shape_ok(const char *s);
+/* Empties the in-process cache of verified keys (see identity.c); revoking a key does this itself. */
+void store_apikey_cache_clear(void);
+
+/* Implemented in db.c for the caches above: 1 when another connection (another thread's, or another
+ * process's) may have committed to d since the calling thread last asked, 0 when surely not. The first call
+ * on a thread's connection, any error, and drivers that cannot tell answer 1. */
+int db_changed_elsewhere(db *d);
 
 /* ---- bootstrap ---- */
 

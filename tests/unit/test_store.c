@@ -469,6 +469,84 @@ static void test_api_keys(void **state) {
     assert_string_not_equal(a, b);
 }
 
+/* The verified-key cache (identity.c): a hit skips the store; a revocation in this process is visible at
+ * once, and so is a change committed through another connection (another handle stands in for another
+ * process). */
+static void test_api_key_cache(void **state) {
+    fx *f = *state;
+    lt_err err = {0};
+    store_user u, got;
+    store_apikey k, kv;
+    char key[STORE_KEY_LEN];
+    assert_int_equal(store_user_create(f->d, "cache@example.com", "before", NULL, &u, &err), 0);
+    assert_int_equal(store_apikey_create(f->d, u.id, "c", NULL, NULL, 0, key, &k, &err), 0);
+    assert_int_equal(store_apikey_verify(f->d, key, &kv, &got, &err), 0);
+    assert_string_equal(got.username, "before");
+    /* A write on this thread's own connection does not move SQLite's data_version: the entry still serves,
+     * which shows that the second verification is a cache hit. */
+    assert_int_equal(db_run(f->d, &err, "UPDATE users SET username = 'after' WHERE id = ?", "t", u.id), 1);
+    assert_int_equal(store_apikey_verify(f->d, key, &kv, &got, &err), 0);
+    assert_string_equal(got.username, "before");
+    store_apikey_cache_clear();
+    assert_int_equal(store_apikey_verify(f->d, key, &kv, &got, &err), 0);
+    assert_string_equal(got.username, "after");
+    assert_string_equal(kv.id, k.id);
+
+    /* Revoked through another connection (as `lathe admin revoke-key` does from its own process). */
+    db *other = db_open(f->url, &err);
+    assert_non_null(other);
+    assert_int_equal(db_run(other, &err, "UPDATE api_keys SET revoked_at = 1 WHERE id = ?", "t", k.id), 1);
+    err = (lt_err){0};
+    assert_int_equal(store_apikey_verify(f->d, key, NULL, NULL, &err), -1);
+    assert_int_equal(err.code, 401);
+    db_close(other);
+
+    /* Revoked in this process, on this very connection: visible at once too. */
+    char key2[STORE_KEY_LEN];
+    store_apikey k2;
+    assert_int_equal(store_apikey_create(f->d, u.id, "c2", NULL, NULL, 0, key2, &k2, &err), 0);
+    assert_int_equal(store_apikey_verify(f->d, key2, NULL, NULL, &err), 0);
+    assert_int_equal(store_apikey_verify(f->d, key2, NULL, NULL, &err), 0);
+    assert_int_equal(store_apikey_revoke(f->d, u.id, k2.id, &err), 0);
+    err = (lt_err){0};
+    assert_int_equal(store_apikey_verify(f->d, key2, NULL, NULL, &err), -1);
+    assert_int_equal(err.code, 401);
+}
+
+/* store_access_lookup answers in one statement what authorization needs: org, role, workspace. */
+static void test_access_lookup(void **state) {
+    fx *f = *state;
+    lt_err err = {0};
+    store_user u, stranger;
+    store_org o, got;
+    store_workspace w;
+    int role = -1, found = -1;
+    assert_int_equal(store_user_create(f->d, "acc@example.com", NULL, NULL, &u, &err), 0);
+    assert_int_equal(store_user_create(f->d, "str@example.com", NULL, NULL, &stranger, &err), 0);
+    assert_int_equal(store_org_create(f->d, "acc", "Access", u.id, &o, &err), 0);
+    assert_int_equal(store_access_lookup(f->d, "acc", u.id, "main", &got, &role, &w, &found, &err), 0);
+    assert_string_equal(got.id, o.id);
+    assert_int_equal(role, STORE_ROLE_OWNER);
+    assert_int_equal(found, 1);
+    assert_string_equal(w.key, "main");
+    assert_string_equal(w.org_id, o.id);
+    assert_int_equal(w.is_default, 1);
+    assert_int_equal(store_access_lookup(f->d, "acc", u.id, "nope", &got, &role, &w, &found, &err), 0);
+    assert_int_equal(found, 0);
+    assert_int_equal(w.id[0], 0);
+    assert_int_equal(store_access_lookup(f->d, "acc", u.id, NULL, &got, &role, &w, &found, &err), 0);
+    assert_int_equal(found, 0);
+    assert_int_equal(store_access_lookup(f->d, "acc", stranger.id, "main", &got, &role, &w, &found, &err), 0);
+    assert_int_equal(role, STORE_ROLE_NONE);
+    assert_int_equal(store_member_set(f->d, o.id, stranger.id, STORE_ROLE_READER, &err), 0);
+    assert_int_equal(store_access_lookup(f->d, "acc", stranger.id, "main", &got, &role, &w, &found, &err), 0);
+    assert_int_equal(role, STORE_ROLE_READER);
+    err = (lt_err){0};
+    assert_int_equal(store_access_lookup(f->d, "ghost", u.id, "main", &got, &role, &w, &found, &err), -1);
+    assert_int_equal(err.code, 404);
+    assert_non_null(strstr(err.msg, "ghost"));
+}
+
 static void test_idempotency(void **state) {
     fx *f = *state;
     lt_err err = {0};
@@ -511,6 +589,8 @@ int main(void) {
         cmocka_unit_test(test_slugs_roles_scopes),
         cmocka_unit_test_setup_teardown(test_identity_crud, setup, teardown),
         cmocka_unit_test_setup_teardown(test_api_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_api_key_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_access_lookup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency, setup, teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
