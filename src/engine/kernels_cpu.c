@@ -26,6 +26,7 @@
 #include <assert.h>
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 #include <tgmath.h>
@@ -90,6 +91,7 @@ static inline float fast_expf(float x) {
 #define REAL float
 #define SFX(name) name##_f32
 #define GEMM cblas_sgemm
+#define GEMV cblas_sgemv
 #define EXPV(x) fast_expf(x)
 #define LOSSFN eng_token_loss_fn
 #define KTABLE eng_kernels
@@ -98,6 +100,7 @@ static inline float fast_expf(float x) {
 #undef REAL
 #undef SFX
 #undef GEMM
+#undef GEMV
 #undef EXPV
 #undef LOSSFN
 #undef KTABLE
@@ -107,6 +110,7 @@ static inline float fast_expf(float x) {
 #define REAL double
 #define SFX(name) name##_f64
 #define GEMM cblas_dgemm
+#define GEMV cblas_dgemv
 #define EXPV(x) exp(x)
 #define LOSSFN eng_token_loss_fn_f64
 #define KTABLE eng_kernels_f64
@@ -115,6 +119,7 @@ static inline float fast_expf(float x) {
 #undef REAL
 #undef SFX
 #undef GEMM
+#undef GEMV
 #undef EXPV
 #undef LOSSFN
 #undef KTABLE

@@ -7,6 +7,7 @@
  *   REAL        the scalar type
  *   SFX(name)   a suffixed name (name##_f32 / name##_f64) so both instantiations live in one object file
  *   GEMM        cblas_sgemm / cblas_dgemm
+ *   GEMV        cblas_sgemv / cblas_dgemv (single-row linear and LoRA calls)
  *   EXPV(x)     an exp that vectorises inside `omp simd` loops (a polynomial for float, exp for double)
  *   LOSSFN      the per-token loss callback type (eng_token_loss_fn / eng_token_loss_fn_f64)
  *   KTABLE      the table type (eng_kernels / eng_kernels_f64) and KNAME its name string
@@ -14,10 +15,11 @@
  * Scalar math goes through <tgmath.h>, so sqrt/exp/log pick the float or double version from the argument.
  *
  * Threading: every loop over rows is an `omp parallel for` (with an `if` clause so tiny calls stay serial);
- * inner loops over contiguous memory carry `omp simd` so GCC vectorises them at -O2. BLAS is only ever called
- * outside parallel regions: the OpenMP build of OpenBLAS takes its threads from the same pool. No kernel
- * allocates. Every output element is written by exactly one thread in a fixed order, so results do not depend
- * on scheduling (they may depend on the thread count only through OpenBLAS's partitioning). */
+ * inner loops over contiguous memory carry `omp simd` so GCC vectorises them at -O2. BLAS is called outside
+ * parallel regions (the OpenMP build of OpenBLAS takes its threads from the same pool), except in the LoRA
+ * kernels, which call it on per-thread slices inside their own region (BLAS then runs on the calling thread).
+ * No kernel allocates. Every output element is written by exactly one thread in a fixed order, so results do
+ * not depend on scheduling (they may depend on the thread count only through OpenBLAS's partitioning). */
 
 /* ---- embedding ---- */
 
@@ -459,9 +461,13 @@ static void SFX(swiglu_backward)(REAL *restrict dgate, REAL *restrict dup, const
 
 /* ---- linear and LoRA, through BLAS ---- */
 
+/* A single row (N == 1, batch-1 decoding) goes to GEMV: sgemm with one row is several times slower. */
 static void SFX(linear_forward)(REAL *out, const REAL *inp, const REAL *W, const REAL *bias, int N, int In,
                                 int O) {
-    GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, In, (REAL)1, inp, In, W, In, (REAL)0, out, O);
+    if (N == 1)
+        GEMV(CblasRowMajor, CblasNoTrans, O, In, (REAL)1, W, In, inp, 1, (REAL)0, out, 1);
+    else
+        GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, In, (REAL)1, inp, In, W, In, (REAL)0, out, O);
     if (bias) {
 #pragma omp parallel for schedule(static) if ((size_t)N * O >= PAR_MIN)
         for (int i = 0; i < N; i++) {
@@ -474,26 +480,80 @@ static void SFX(linear_forward)(REAL *out, const REAL *inp, const REAL *W, const
 }
 
 static void SFX(linear_backward)(REAL *dinp, const REAL *dout, const REAL *W, int N, int In, int O) {
-    GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, In, O, (REAL)1, dout, O, W, In, (REAL)1, dinp, In);
+    if (N == 1)
+        GEMV(CblasRowMajor, CblasTrans, O, In, (REAL)1, W, In, dout, 1, (REAL)1, dinp, 1);
+    else
+        GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, In, O, (REAL)1, dout, O, W, In, (REAL)1, dinp, In);
 }
 
+/* The rank-r GEMMs of LoRA are thin (one dimension is r) and memory-bound; OpenBLAS's own threading of such
+ * shapes costs more in synchronisation than the work (up to 5x slower at 2 threads than at 1, measured). So
+ * the LoRA kernels open ONE OpenMP region and give each thread a contiguous slice of every output, which it
+ * computes with a single-threaded GEMM (BLAS called inside a parallel region runs on the calling thread).
+ * slice() splits [0, n) into nt parts, part t is [*lo, *hi), boundaries on multiples of `align`. */
+static inline void SFX(slice)(int n, int nt, int t, int align, int *lo, int *hi) {
+    const int units = (n + align - 1) / align, per = units / nt, extra = units % nt;
+    const int u0 = t * per + (t < extra ? t : extra), u1 = u0 + per + (t < extra ? 1 : 0);
+    *lo = u0 * align < n ? u0 * align : n;
+    *hi = u1 * align < n ? u1 * align : n;
+}
+
+/* Work (floats touched) below which the LoRA kernels stay on one thread. */
+#define LORA_PAR_MIN ((size_t)1 << 15)
+
+/* Each thread owns rows [i0, i1) of xa and of out: xa rows first, then out rows += s xa B^T from the same
+ * rows, so no barrier is needed. N == 1 uses two GEMVs. */
 static void SFX(lora_forward)(REAL *out, REAL *xa, const REAL *inp, const REAL *A, const REAL *B, float scale,
                               int N, int In, int r, int O) {
-    GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, In, (REAL)1, inp, In, A, In, (REAL)0, xa, r);
-    GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, r, (REAL)scale, xa, r, B, r, (REAL)1, out, O);
+    const REAL s = (REAL)scale;
+    if (N == 1) {
+        GEMV(CblasRowMajor, CblasNoTrans, r, In, (REAL)1, A, In, inp, 1, (REAL)0, xa, 1);
+        GEMV(CblasRowMajor, CblasNoTrans, O, r, s, B, r, xa, 1, (REAL)1, out, 1);
+        return;
+    }
+#pragma omp parallel if ((size_t)N * (In + O) >= LORA_PAR_MIN)
+    {
+        int i0, i1;
+        SFX(slice)(N, omp_get_num_threads(), omp_get_thread_num(), 1, &i0, &i1);
+        if (i1 > i0) {
+            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, r, In, (REAL)1, inp + (size_t)i0 * In, In,
+                 A, In, (REAL)0, xa + (size_t)i0 * r, r);
+            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, O, r, s, xa + (size_t)i0 * r, r, B, r,
+                 (REAL)1, out + (size_t)i0 * O, O);
+        }
+    }
 }
 
 /* g = dout B [N,r] in scratch; dA += s g^T inp; dB += s dout^T xa; dinp += s g A (skipped when dinp is NULL).
+ * One region, two phases: (1) rows of g and rows of dB (split over O); barrier; (2) columns of dA (split over
+ * In) and rows of dinp. Every output element is written by one thread, in a fixed summation order per slice.
  */
 static void SFX(lora_backward)(REAL *dinp, REAL *dA, REAL *dB, const REAL *dout, const REAL *inp,
                                const REAL *xa, const REAL *A, const REAL *B, float scale, int N, int In,
                                int r, int O, REAL *scratch) {
     const REAL s = (REAL)scale;
-    GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, O, (REAL)1, dout, O, B, r, (REAL)0, scratch, r);
-    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, r, In, N, s, scratch, r, inp, In, (REAL)1, dA, In);
-    GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, O, r, N, s, dout, O, xa, r, (REAL)1, dB, r);
-    if (dinp)
-        GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, In, r, s, scratch, r, A, In, (REAL)1, dinp, In);
+    REAL *g = scratch;
+#pragma omp parallel if ((size_t)N * (In + O) >= LORA_PAR_MIN)
+    {
+        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int i0, i1, o0, o1, c0, c1;
+        SFX(slice)(N, nt, t, 1, &i0, &i1);
+        SFX(slice)(O, nt, t, 16, &o0, &o1);
+        SFX(slice)(In, nt, t, 16, &c0, &c1);
+        if (i1 > i0)
+            GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, r, O, (REAL)1, dout + (size_t)i0 * O, O,
+                 B, r, (REAL)0, g + (size_t)i0 * r, r);
+        if (o1 > o0)
+            GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, o1 - o0, r, N, s, dout + o0, O, xa, r, (REAL)1,
+                 dB + (size_t)o0 * r, r);
+#pragma omp barrier
+        if (c1 > c0)
+            GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, r, c1 - c0, N, s, g, r, inp + c0, In, (REAL)1,
+                 dA + c0, In);
+        if (dinp && i1 > i0)
+            GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, In, r, s, g + (size_t)i0 * r, r, A, In,
+                 (REAL)1, dinp + (size_t)i0 * In, In);
+    }
 }
 
 /* ---- head + fused log-softmax + loss, chunked over rows ---- */

@@ -11,7 +11,8 @@
  *  - No parameter is named I: <complex.h> (which OpenBLAS's cblas.h pulls in) defines I as a macro.
  *
  * The kernel table (eng_kernels) is the backend seam: the trainer calls kernels only through it, so a CUDA
- * backend can provide the same table. eng_kernels_cpu() returns the CPU one (OpenBLAS GEMMs, OpenMP loops). */
+ * backend can provide the same table. eng_kernels_cpu() returns the CPU one (OpenBLAS GEMMs, OpenMP loops;
+ * GEMV for single-row linear/LoRA calls; the LoRA kernels split their thin GEMMs over threads themselves). */
 #ifndef LATHE_ENGINE_OPS_H
 #define LATHE_ENGINE_OPS_H
 

@@ -548,6 +548,87 @@ static void test_lora_grad(void **state) {
     assert_true(rel_err(dA2, dA, r * I) < 1e-14 && rel_err(dB2, dB, O * r) < 1e-14);
 }
 
+/* The LoRA kernels split their GEMMs over threads (row, column and output slices inside one region) once the
+ * work is large enough, and single rows (batch-1 decoding) go through GEMV. Both paths against a naive
+ * reference of the formulas that test_lora_grad checks by finite differences; 3 threads give uneven slices.
+ */
+static void lora_naive(double *out, double *xa, double *din, double *dA, double *dB, const double *in,
+                       const double *A, const double *B, const double *dout, double s, int N, int In, int r,
+                       int O) {
+    double *g = dz((size_t)N * r);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < r; j++) {
+            double a = 0, gg = 0;
+            for (int k = 0; k < In; k++)
+                a += in[(size_t)i * In + k] * A[(size_t)j * In + k];
+            for (int o = 0; o < O; o++)
+                gg += dout[(size_t)i * O + o] * B[(size_t)o * r + j];
+            xa[(size_t)i * r + j] = a, g[(size_t)i * r + j] = gg;
+        }
+    for (int i = 0; i < N; i++) {
+        for (int o = 0; o < O; o++)
+            for (int j = 0; j < r; j++)
+                out[(size_t)i * O + o] += s * xa[(size_t)i * r + j] * B[(size_t)o * r + j];
+        for (int k = 0; k < In; k++)
+            for (int j = 0; j < r; j++)
+                din[(size_t)i * In + k] += s * g[(size_t)i * r + j] * A[(size_t)j * In + k];
+    }
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < r; j++) {
+            for (int k = 0; k < In; k++)
+                dA[(size_t)j * In + k] += s * g[(size_t)i * r + j] * in[(size_t)i * In + k];
+            for (int o = 0; o < O; o++)
+                dB[(size_t)o * r + j] += s * dout[(size_t)i * O + o] * xa[(size_t)i * r + j];
+        }
+}
+
+static void test_lora_paths(void **state) {
+    static const int shapes[][4] = {{70, 300, 5, 260}, {1, 40, 3, 24}}; /* N, In, r, O */
+    for (int sh = 0; sh < 2; sh++)
+        for (int nt = 1; nt <= 3; nt++) {
+            omp_set_num_threads(nt);
+            const int N = shapes[sh][0], In = shapes[sh][1], r = shapes[sh][2], O = shapes[sh][3];
+            double *in = drand_vec((size_t)N * In, 1), *A = drand_vec((size_t)r * In, 1),
+                   *B = drand_vec((size_t)O * r, 1), *dout = drand_vec((size_t)N * O, 1),
+                   *base = drand_vec((size_t)N * O, 1);
+            double *out = dz((size_t)N * O), *xa = dz((size_t)N * r), *din = drand_vec((size_t)N * In, 1),
+                   *dA = drand_vec((size_t)r * In, 1), *dB = drand_vec((size_t)O * r, 1),
+                   *sc = dz((size_t)N * r);
+            double *rout = dz((size_t)N * O), *rxa = dz((size_t)N * r), *rdin = dz((size_t)N * In),
+                   *rdA = dz((size_t)r * In), *rdB = dz((size_t)O * r);
+            memcpy(out, base, sizeof(double) * N * O);
+            memcpy(rout, base, sizeof(double) * N * O);
+            memcpy(rdin, din, sizeof(double) * N * In);
+            memcpy(rdA, dA, sizeof(double) * r * In);
+            memcpy(rdB, dB, sizeof(double) * O * r);
+            K64->lora_forward(out, xa, in, A, B, 0.5f, N, In, r, O);
+            K64->lora_backward(din, dA, dB, dout, in, xa, A, B, 0.5f, N, In, r, O, sc);
+            lora_naive(rout, rxa, rdin, rdA, rdB, in, A, B, dout, 0.5, N, In, r, O);
+            assert_true(rel_err(out, rout, (size_t)N * O) < 1e-13 && rel_err(xa, rxa, (size_t)N * r) < 1e-13);
+            assert_true(rel_err(din, rdin, (size_t)N * In) < 1e-13);
+            assert_true(rel_err(dA, rdA, (size_t)r * In) < 1e-13 && rel_err(dB, rdB, (size_t)O * r) < 1e-13);
+            /* the plain linear on the same shape: y = in W^T + b, and dinp += dout W */
+            double *bias = drand_vec(O, 1), *y = dz((size_t)N * O), *dx = dz((size_t)N * In);
+            double *W = drand_vec((size_t)O * In, 1);
+            K64->linear_forward(y, in, W, bias, N, In, O);
+            K64->linear_backward(dx, dout, W, N, In, O);
+            for (int i = 0; i < N; i += 7)
+                for (int o = 0; o < O; o += 5) {
+                    double ref = bias[o];
+                    for (int k = 0; k < In; k++)
+                        ref += in[(size_t)i * In + k] * W[(size_t)o * In + k];
+                    assert_true(fabs(y[(size_t)i * O + o] - ref) < 1e-11);
+                }
+            for (int i = 0; i < N; i += 7)
+                for (int k = 0; k < In; k += 5) {
+                    double ref = 0;
+                    for (int o = 0; o < O; o++)
+                        ref += dout[(size_t)i * O + o] * W[(size_t)o * In + k];
+                    assert_true(fabs(dx[(size_t)i * In + k] - ref) < 1e-11);
+                }
+        }
+}
+
 /* ---- embedding (a gather: frozen, so there is no backward) ---- */
 
 static void test_embedding(void **state) {
@@ -900,6 +981,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_swiglu_grad, setup, teardown),
         cmocka_unit_test_setup_teardown(test_linear_grad, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lora_grad, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lora_paths, setup_parallel, teardown),
         cmocka_unit_test_setup_teardown(test_embedding, setup, teardown),
         cmocka_unit_test_setup_teardown(test_head_ce, setup, teardown),
         cmocka_unit_test_setup_teardown(test_head_chunked, setup, teardown),
