@@ -201,6 +201,21 @@ static json_t *progress_initial(void) {
     "created_by_user, "                                                                                      \
     "started_at, completed_at, cancel_requested_at, updated_at"
 
+/* The job fields kept in the `spec` JSON column (everything of the job object that is fixed at creation and
+ * not a column of its own). */
+static const char *const SPEC_KEYS[] = {"dataset_ref",
+                                        "trajectory_dataset_refs",
+                                        "world_manifest_id",
+                                        "world_runtime_id",
+                                        "world_agent_name",
+                                        "world_goal",
+                                        "prompt_dataset_ref",
+                                        "capability",
+                                        "config",
+                                        "effective_config",
+                                        "tags",
+                                        NULL};
+
 /* The job object of SPEC §4.2 from a row selected with JOB_COLS. */
 static json_t *row_to_job(db_stmt *s) {
     json_t *j = chk(json_object());
@@ -216,18 +231,6 @@ static json_t *row_to_job(db_stmt *s) {
     oset(j, "model", col_str(s, 8));
     oset(j, "project_ref", col_str(s, 9));
     oset(j, "run_ref", col_str(s, 10));
-    static const char *const SPEC_KEYS[] = {"dataset_ref",
-                                            "trajectory_dataset_refs",
-                                            "world_manifest_id",
-                                            "world_runtime_id",
-                                            "world_agent_name",
-                                            "world_goal",
-                                            "prompt_dataset_ref",
-                                            "capability",
-                                            "config",
-                                            "effective_config",
-                                            "tags",
-                                            NULL};
     for (int i = 0; SPEC_KEYS[i]; i++) {
         json_t *v = json_object_get(spec, SPEC_KEYS[i]);
         oset(j, SPEC_KEYS[i], v ? json_incref(v) : NULL);
@@ -406,18 +409,6 @@ int64_t jobs_active_count(db *d, const char *workspace_id, lt_err *err) {
 int jobs_create(db *d, const jobs_new *n, json_t **job, lt_err *err) {
     assert(n && n->org_id && n->workspace_id && json_is_object(n->fields));
     const json_t *f = n->fields;
-    static const char *const SPEC_KEYS[] = {"dataset_ref",
-                                            "trajectory_dataset_refs",
-                                            "world_manifest_id",
-                                            "world_runtime_id",
-                                            "world_agent_name",
-                                            "world_goal",
-                                            "prompt_dataset_ref",
-                                            "capability",
-                                            "config",
-                                            "effective_config",
-                                            "tags",
-                                            NULL};
     json_t *spec = chk(json_object());
     for (int i = 0; SPEC_KEYS[i]; i++) {
         json_t *v = json_object_get(f, SPEC_KEYS[i]);
