@@ -179,7 +179,7 @@ static int cmd_init_tiny(int argc, char **argv) {
                 fprintf(stderr, "lathe model init-tiny: --init-std must be a number in (0, 10], got '%s'\n", v);
                 return EXIT_USAGE;
             }
-            o.init_std = (float)x;
+            o.init_std = x;
         } else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "f32"))
                 o.dtype = ST_F32;

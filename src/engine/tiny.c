@@ -12,6 +12,7 @@
  * tensor in name order, so a model is a pure function of (options, seed). All JSON is built with jansson and
  * every file is written with a temp file + rename. */
 #include "engine/tiny.h"
+#include "engine/tokenizer.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -73,29 +74,6 @@ static const char CORPUS[] =
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* byte-level alphabet */
-
-/* GPT-2 bytes_to_unicode: printable Latin-1 bytes map to themselves, the rest to U+0100 upwards. */
-static void byte_to_utf8(int b, char out[3]) {
-    static int table[256];
-    static int ready = 0;
-    if (!ready) {
-        int n = 0;
-        for (int i = 0; i < 256; i++) {
-            int printable = (i >= '!' && i <= '~') || (i >= 0xA1 && i <= 0xAC) || (i >= 0xAE && i <= 0xFF);
-            table[i] = printable ? i : 256 + n++;
-        }
-        ready = 1;
-    }
-    int cp = table[b];
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        out[1] = 0;
-    } else {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        out[2] = 0;
-    }
-}
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* BPE training */
@@ -290,8 +268,8 @@ int eng_tiny_tokenizer_json(int vocab, strbuf *out, lt_err *err) {
     bpe b;
     memset(&b, 0, sizeof b);
     for (int i = 0; i < 256; i++) {
-        char s[3];
-        byte_to_utf8(i, s);
+        char s[4];
+        eng_tok_byte_char(i, s);
         bpe_add_token(&b, s);
     }
     if (vocab != ENG_TINY_VOCAB_BYTE) {
@@ -455,7 +433,7 @@ void eng_tiny_defaults(eng_tiny_opts *o) {
     o->vocab = 512;
     o->max_pos = 2048;
     o->rope_theta = 10000.0f;
-    o->init_std = 0.02f;
+    o->init_std = 0.02;
     o->dtype = ST_F32;
 }
 

@@ -40,7 +40,7 @@ typedef struct eng_tiny_opts {
     float rope_theta; /* 10000 */
     /* std of the normal init (HF's initializer_range; 0.02). A model meant to learn through LoRA alone needs a
      * larger one (e.g. 0.1): with a frozen head of std 0.02 the final RMSNorm caps every logit near +-1. */
-    float init_std;
+    double init_std;
     uint64_t seed;    /* 0 */
     st_dtype dtype;   /* weights dtype in model.safetensors; ST_F32 */
 } eng_tiny_opts;

@@ -356,19 +356,31 @@ struct eng_tokenizer {
     pcre2_code *re_word_end, *re_word_start;
 };
 
+static int byte_printable(int b) {
+    return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+}
+
+static uint32_t byte_codepoint(int b) {
+    if (byte_printable(b)) return (uint32_t)b;
+    uint32_t n = 0;
+    for (int i = 0; i < b; i++)
+        n += !byte_printable(i);
+    return 0x100 + n;
+}
+
+int eng_tok_byte_char(int b, char out[4]) {
+    assert(b >= 0 && b < 256);
+    int len = eng_tok_utf8_put(byte_codepoint(b), (unsigned char *)out);
+    out[len] = '\0';
+    return len;
+}
+
 static void bytelevel_tables(eng_tokenizer *t) {
-    int n = 0;
     for (int i = 0; i < 0x144; i++)
         t->char_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
-        uint32_t cp;
-        if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))
-            cp = (uint32_t)b;
-        else
-            cp = 0x100 + (uint32_t)n++;
-        t->byte_char_len[b] = (unsigned char)eng_tok_utf8_put(cp, (unsigned char *)t->byte_char[b]);
-        t->byte_char[b][t->byte_char_len[b]] = '\0';
-        t->char_byte[cp] = (int16_t)b;
+        t->byte_char_len[b] = (unsigned char)eng_tok_byte_char(b, t->byte_char[b]);
+        t->char_byte[byte_codepoint(b)] = (int16_t)b;
     }
 }
 

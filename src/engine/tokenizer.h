@@ -51,6 +51,11 @@ size_t eng_tok_token_bytes(const eng_tokenizer *tok, int id, char *buf, size_t c
 
 /* One more than the largest id in the model vocab or the added tokens. */
 int eng_tok_vocab_size(const eng_tokenizer *tok);
+
+/* The byte-level alphabet (GPT-2's bytes_to_unicode, HF ByteLevel): writes the UTF-8 text of the character that
+ * stands for byte b (0..255) in byte-level vocabularies, NUL-terminated (1 or 2 bytes + NUL), and returns its
+ * length. Printable Latin-1 bytes stand for themselves; the others map to U+0100 upwards in byte order. */
+int eng_tok_byte_char(int b, char out[4]);
 /* Id of an exact token string (vocab entry in the byte-level alphabet, e.g. "Ġthe", or an added token such as
  * "<|im_end|>"); -1 if absent. */
 int eng_tok_token_id(const eng_tokenizer *tok, const char *token_string);

@@ -30,18 +30,14 @@ static void build_fixed(void) {
         "\\\\s+(?!\\\\S)|\\\\s+\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"ByteLevel\","
         "\"add_prefix_space\":false,\"use_regex\":false}]},\"decoder\":{\"type\":\"ByteLevel\"},"
         "\"model\":{\"type\":\"BPE\",\"ignore_merges\":true,\"vocab\":{");
-    int n = 0;
     for (int b = 0; b < 256; b++) {
-        uint32_t cp = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE)
-                          ? (uint32_t)b
-                          : 0x100 + (uint32_t)n++;
-        unsigned char u[5] = {0};
-        eng_tok_utf8_put(cp, u);
+        char u[4];
+        eng_tok_byte_char(b, u);
         if (b) sb_putc(&sb, ',');
         if (b == '"' || b == '\\')
             sb_printf(&sb, "\"\\%c\":%d", b, b);
         else
-            sb_printf(&sb, "\"%s\":%d", (char *)u, b);
+            sb_printf(&sb, "\"%s\":%d", u, b);
     }
     sb_puts(
         &sb,

@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "engine/tokenizer.h"
-#include "engine/tokenizer_internal.h"
 #include "train/render.h"
 #include "util/strbuf.h"
 
@@ -31,18 +30,14 @@ static void build(void) {
         "],\"normalizer\":{\"type\":\"NFC\"},\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":"
         "false,\"use_regex\":true},\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\","
         "\"vocab\":{");
-    int n = 0;
     for (int b = 0; b < 256; b++) {
-        uint32_t cp = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE)
-                          ? (uint32_t)b
-                          : 0x100 + (uint32_t)n++;
-        unsigned char u[5] = {0};
-        eng_tok_utf8_put(cp, u);
+        char u[4];
+        eng_tok_byte_char(b, u);
         if (b) sb_putc(&sb, ',');
         if (b == '"' || b == '\\')
             sb_printf(&sb, "\"\\%c\":%d", b, b);
         else
-            sb_printf(&sb, "\"%s\":%d", (char *)u, b);
+            sb_printf(&sb, "\"%s\":%d", u, b);
     }
     sb_puts(&sb, "},\"merges\":[]}}");
     lt_err err = {0};

@@ -281,3 +281,18 @@ def test_init_tiny_tokenizer_matches_c_tokenizer(tmp_path):
     got = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
     tok = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
     assert got == [tok.encode(t).ids for t in texts]
+
+
+def test_init_std(tmp_path):
+    # default: HF's initializer_range exactly; --init-std scales every normal-initialised weight
+    lathe("model", "init-tiny", str(tmp_path / "d"), "--seed", "5")
+    lathe("model", "init-tiny", str(tmp_path / "w"), "--seed", "5", "--init-std", "0.1")
+    assert json.load(open(tmp_path / "d" / "config.json"))["initializer_range"] == 0.02
+    assert json.load(open(tmp_path / "w" / "config.json"))["initializer_range"] == 0.1
+    d = safetensors_torch.load_file(str(tmp_path / "d" / "model.safetensors"))
+    w = safetensors_torch.load_file(str(tmp_path / "w" / "model.safetensors"))
+    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "lm_head.weight"):
+        assert abs(d[name].std().item() - 0.02) < 0.002, name
+        assert abs(w[name].std().item() - 0.1) < 0.01, name
+    assert torch.equal(w["model.norm.weight"], torch.ones_like(w["model.norm.weight"]))
+    assert lathe("model", "init-tiny", str(tmp_path / "x"), "--init-std", "0", check=False).returncode == 2

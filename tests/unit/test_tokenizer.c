@@ -77,18 +77,14 @@ static char *bytelevel_json(const char *extra_vocab, const char *merges, const c
         "\"ignore_merges\":");
     sb_puts(&sb, ignore_merges ? "true" : "false");
     sb_puts(&sb, ",\"vocab\":{");
-    int n = 0;
     for (int b = 0; b < 256; b++) {
-        uint32_t cp = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE)
-                          ? (uint32_t)b
-                          : 0x100 + (uint32_t)n++;
-        unsigned char u[5] = {0};
-        eng_tok_utf8_put(cp, u);
+        char u[4];
+        eng_tok_byte_char(b, u);
         if (b) sb_putc(&sb, ',');
         if (b == '"' || b == '\\')
             sb_printf(&sb, "\"\\%c\":%d", b, b);
         else
-            sb_printf(&sb, "\"%s\":%d", (char *)u, b);
+            sb_printf(&sb, "\"%s\":%d", u, b);
     }
     sb_puts(&sb, extra_vocab);
     sb_puts(&sb, "},\"merges\":[");
@@ -100,6 +96,28 @@ static char *bytelevel_json(const char *extra_vocab, const char *merges, const c
 #define GPT4_RE                                                                                              \
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}{1,3}| "                   \
     "?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+"
+
+/* GPT-2's bytes_to_unicode, as HF's ByteLevel defines it: printable Latin-1 stands for itself, the other 68
+ * bytes map to U+0100.. in byte order (so NUL -> U+0100, space -> U+0120, soft hyphen 0xAD -> U+0143). */
+static void test_byte_alphabet(void **state) {
+    char u[4];
+    assert_int_equal(eng_tok_byte_char('a', u), 1);
+    assert_string_equal(u, "a");
+    assert_int_equal(eng_tok_byte_char(0, u), 2);
+    assert_string_equal(u, "\xc4\x80");
+    eng_tok_byte_char(' ', u);
+    assert_string_equal(u, "\xc4\xa0");
+    eng_tok_byte_char(0xAD, u);
+    assert_string_equal(u, "\xc5\x83");
+    eng_tok_byte_char(0xFF, u);
+    assert_string_equal(u, "\xc3\xbf");
+    char seen[256][4];
+    for (int b = 0; b < 256; b++) { /* a bijection: no two bytes share a character */
+        eng_tok_byte_char(b, seen[b]);
+        for (int c = 0; c < b; c++)
+            assert_string_not_equal(seen[b], seen[c]);
+    }
+}
 
 static void test_merge_formats_agree(void **state) {
     const char *vocab = ",\"he\":256,\"ll\":257,\"hell\":258,\"hello\":259,\"Ġw\":260";
@@ -492,13 +510,21 @@ static void test_shared_between_threads(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_merge_formats_agree), cmocka_unit_test(test_merge_rank_order),
-        cmocka_unit_test(test_ignore_merges),       cmocka_unit_test(test_added_tokens),
-        cmocka_unit_test(test_nfc_normalizer),      cmocka_unit_test(test_split_behaviors),
-        cmocka_unit_test(test_digits_and_unk),      cmocka_unit_test(test_bytelevel_decode_invalid_utf8),
-        cmocka_unit_test(test_invalid_utf8_input),  cmocka_unit_test(test_load_errors),
-        cmocka_unit_test(test_repeated_vocab_key),  cmocka_unit_test(test_bos_eos_without_config),
-        cmocka_unit_test(test_real_files),          cmocka_unit_test(test_shared_between_threads),
+        cmocka_unit_test(test_byte_alphabet),
+        cmocka_unit_test(test_merge_formats_agree),
+        cmocka_unit_test(test_merge_rank_order),
+        cmocka_unit_test(test_ignore_merges),
+        cmocka_unit_test(test_added_tokens),
+        cmocka_unit_test(test_nfc_normalizer),
+        cmocka_unit_test(test_split_behaviors),
+        cmocka_unit_test(test_digits_and_unk),
+        cmocka_unit_test(test_bytelevel_decode_invalid_utf8),
+        cmocka_unit_test(test_invalid_utf8_input),
+        cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_repeated_vocab_key),
+        cmocka_unit_test(test_bos_eos_without_config),
+        cmocka_unit_test(test_real_files),
+        cmocka_unit_test(test_shared_between_threads),
     };
     return cmocka_run_group_tests_name("tokenizer", tests, NULL, NULL);
 }
