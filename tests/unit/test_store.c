@@ -155,6 +155,43 @@ static void test_statements(void **state) {
     assert_non_null(strstr(err.msg, "SELEC nonsense"));
 }
 
+/* The SQLite driver caches prepared statements by SQL text (db_sqlite.c): a reused statement must come back
+ * reset with no bindings left over, and the same text open twice at once (a nested query) must give two
+ * independent statements. */
+static void test_statement_cache(void **state) {
+    fx *f = *state;
+    lt_err err = {0};
+    assert_int_equal(db_exec(f->d, "CREATE TABLE n (k INTEGER PRIMARY KEY, v TEXT)", &err), 0);
+    for (int i = 1; i <= 3; i++)
+        assert_int_equal(
+            db_run(f->d, &err, "INSERT INTO n VALUES (?, ?)", "it", (int64_t)i, i == 2 ? "two" : "other"), 1);
+    const char *sql = "SELECT v FROM n WHERE k = ?";
+    db_stmt *a = db_prepare(f->d, sql, &err);
+    db_bind_int64(a, 1, 2);
+    assert_int_equal(db_step(a, &err), DB_ROW);
+    db_stmt *b = db_prepare(f->d, sql, &err); /* same text while a is open: its own statement */
+    assert_non_null(b);
+    assert_ptr_not_equal(a, b);
+    db_bind_int64(b, 1, 1);
+    assert_int_equal(db_step(b, &err), DB_ROW);
+    assert_string_equal(db_column_text(b, 0), "other");
+    assert_string_equal(db_column_text(a, 0), "two"); /* a's row untouched by b */
+    db_finalize(b);
+    db_finalize(a);
+    db_stmt *c = db_prepare(f->d, sql, &err);    /* from the cache: reset, bindings cleared */
+    assert_int_equal(db_step(c, &err), DB_DONE); /* k = NULL matches nothing */
+    db_finalize(c);
+    for (int i = 0; i < 300; i++) { /* more texts than the cache holds: eviction keeps working */
+        char q[64];
+        snprintf(q, sizeof q, "SELECT %d + k FROM n WHERE k = 1", i);
+        db_stmt *e = db_prepare(f->d, q, &err);
+        assert_non_null(e);
+        assert_int_equal(db_step(e, &err), DB_ROW);
+        assert_int_equal(db_column_int64(e, 0), i + 1);
+        db_finalize(e);
+    }
+}
+
 static void test_transactions(void **state) {
     fx *f = *state;
     lt_err err = {0};
@@ -584,6 +621,7 @@ int main(void) {
         cmocka_unit_test(test_open_urls),
         cmocka_unit_test_setup_teardown(test_migrations_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_statements, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_statement_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
         cmocka_unit_test(test_slugs_roles_scopes),
