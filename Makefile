@@ -13,7 +13,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := libmicrohttpd jansson sqlite3 libpq openblas libpcre2-8 yaml-0.1 libarchive libcurl libcrypto
+PKGS    := libmicrohttpd jansson sqlite3 libpq openblas libpcre2-8 yaml-0.1 libarchive libcurl libcrypto ompi-c
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

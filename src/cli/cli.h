@@ -20,5 +20,6 @@ int cmd_model(int argc, char **argv);      /* init-tiny, info, logprobs, sample 
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_rl_rank(int argc, char **argv);    /* one rank of a distributed GRPO job (mpirun); --check */
 
 #endif

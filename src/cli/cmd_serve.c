@@ -25,6 +25,7 @@
 #include "store/store.h"
 #include "util/log.h"
 #include "util/util.h"
+#include "worker/worker.h"
 
 enum { OPT_STR, OPT_INT, OPT_RATE, OPT_SIZE };
 
@@ -59,6 +60,7 @@ static serve_opt OPTS[] = {
     {"--worlds-url", "LATHE_WORLDS_URL", OPT_STR, "(none)",
      "environment (Worlds) backend for RL world_* fields", NULL},
     {"--threads", "LATHE_HTTP_THREADS", OPT_INT, "8", "HTTP worker threads", NULL},
+    {"--train-threads", "LATHE_TRAIN_THREADS", OPT_INT, "all cores", "engine threads per training job", NULL},
 };
 #define NOPTS ((int)(sizeof OPTS / sizeof OPTS[0]))
 
@@ -149,6 +151,62 @@ static int bootstrap_if_empty(const api_config *cfg, db *d, lt_err *err) {
     return 0;
 }
 
+/* In-process workers (src/worker/): N loops on server threads, stopped with the server. A running job is
+ * stopped after its step at shutdown, checkpointed and put back in the queue. */
+static worker_opts g_wopts;
+static int g_windex[256];
+static int g_train_threads;
+
+static int w_stopping(void *ud) {
+    return api_ctx_stopping(ud);
+}
+
+static int w_sleep(void *ud, int ms) {
+    return api_ctx_sleep(ud, ms);
+}
+
+static void worker_thread(api_ctx *ctx, void *arg) {
+    worker_loop(&g_wopts, *(int *)arg);
+}
+
+static void collect_workers(api_ctx *ctx, strbuf *out) {
+    worker_model_stats st;
+    worker_model_stats_get(&st);
+    sb_printf(
+        out,
+        "# HELP lathe_worker_base_models_loaded Base models in memory in this process (one copy each, "
+        "shared by its jobs).\n# TYPE lathe_worker_base_models_loaded gauge\n"
+        "lathe_worker_base_models_loaded %lld\n"
+        "# HELP lathe_worker_base_model_users Running jobs holding a loaded base model.\n"
+        "# TYPE lathe_worker_base_model_users gauge\nlathe_worker_base_model_users %lld\n"
+        "# HELP lathe_worker_base_model_loads_total Base model loads since start.\n"
+        "# TYPE lathe_worker_base_model_loads_total counter\nlathe_worker_base_model_loads_total %lld\n"
+        "# HELP lathe_worker_base_model_shares_total Jobs that found their base model already loaded.\n"
+        "# TYPE lathe_worker_base_model_shares_total counter\nlathe_worker_base_model_shares_total %lld\n",
+        (long long)st.loaded, (long long)st.users, (long long)st.loads, (long long)st.shares);
+}
+
+static int start_workers(api_ctx *ctx, int n, lt_err *err) {
+    api_metrics_add_collector(collect_workers);
+    g_wopts = (worker_opts){.db = ctx->db,
+                            .blobs = ctx->blobs,
+                            .data_dir = ctx->data_dir,
+                            .models_dir = ctx->models_dir,
+                            .lease_s = ctx->cfg->lease_s,
+                            .threads = g_train_threads,
+                            .stopping = w_stopping,
+                            .sleep = w_sleep,
+                            .ud = ctx};
+    for (int i = 0; i < n && i < 256; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "worker-%d", i);
+        g_windex[i] = i;
+        if (api_ctx_spawn(ctx, name, worker_thread, &g_windex[i], err) != 0) return -1;
+    }
+    if (n > 0) lt_log(LOG_INFO, "%d in-process worker(s) started", n);
+    return 0;
+}
+
 int cmd_serve(int argc, char **argv) {
     for (int i = 0; i < NOPTS; i++) {
         const char *e = getenv(OPTS[i].env);
@@ -212,6 +270,9 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(o->flag, "--lease-s")) {
             bad = parse_int(src, 1, 86400, &v);
             cfg.lease_s = (int)v;
+        } else if (!strcmp(o->flag, "--train-threads")) {
+            bad = parse_int(src, 1, 1024, &v);
+            g_train_threads = (int)v;
         } else if (!strcmp(o->flag, "--threads")) {
             bad = parse_int(src, 1, 1024, &v);
             cfg.threads = (int)v;
@@ -252,6 +313,7 @@ int cmd_serve(int argc, char **argv) {
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file-size limit: failed writes (the job fails and says so), not a kill */
 
     api_server *srv = api_server_start(&cfg, &err);
     if (!srv) {
@@ -261,6 +323,12 @@ int cmd_serve(int argc, char **argv) {
     }
     if (bootstrap_if_empty(&cfg, api_server_ctx(srv)->db, &err) != 0) {
         fprintf(stderr, "lathe serve: first-start bootstrap failed: %s\n", err.msg);
+        api_server_stop(srv);
+        free(db_url);
+        return EXIT_FAIL;
+    }
+    if (start_workers(api_server_ctx(srv), cfg.workers, &err) != 0) {
+        fprintf(stderr, "lathe serve: cannot start the workers: %s\n", err.msg);
         api_server_stop(srv);
         free(db_url);
         return EXIT_FAIL;

@@ -1,28 +1,26 @@
 /* cmd_train_local.c: `lathe train sft --model DIR --data FILE --out DIR`, supervised LoRA fine-tuning on this
  * machine, without a server.
  *
- * The loop is SPEC §4.6's SFT on the engine directly: every row of the data file (JSONL, JSON or CSV; any row
- * shape of SPEC §5) becomes a conversation, rendered in the model's chat format with weight 1 on assistant
- * content and end-of-turn tokens; the sequence is truncated from the right to --max-seq-len, shifted by one
- * (position i predicts token i+1) and its weights are divided by their sum, so the loss of a step is the sum
- * of the examples' mean token NLL. A step runs --grad-accum forward_backward calls of --batch-size examples,
- * then one AdamW step (beta 0.9 / 0.95, eps 1e-8, no weight decay) at lr * (1 - step / total). The example
- * order is a shuffle per epoch seeded by the epoch index (plus --seed), and the data cycles when --steps asks
- * for more. Every --checkpoint-interval steps and at the end it writes
- * OUT/checkpoints/checkpoint-<n>-step<s>/ (state with optimizer + PEFT adapter), evaluates --eval when given,
- * and finally writes OUT/adapter/ (PEFT). */
+ * The loop is the worker's SFT trainer, tr_sft_run (src/train/sft.c, SPEC §4.6): this file turns the flags
+ * into an effective_config, the data file (JSONL, JSON or CSV; any row shape of SPEC §5) into a rows_set,
+ * and passes hooks that print the progress events (`step N/T  loss X  lr Y  tokens/s Z`, `eval/loss X (N
+ * examples)`, log lines; warnings on stderr) and lay the checkpoints out under OUT: the trainer writes them
+ * into OUT/.work/NAME/, a numbered one becomes OUT/checkpoints/checkpoint-<n>-step<s>/ (state.safetensors
+ * with the optimizer + adapter/, PEFT) and "final" becomes OUT/adapter/ (PEFT). */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
 #include "train/render.h"
 #include "train/rows.h"
+#include "train/trainer.h"
 #include "util/util.h"
 
 int cmd_train_local(int argc, char **argv);
@@ -45,125 +43,107 @@ static void usage(FILE *f) {
         f);
 }
 
-typedef struct {
-    int *tokens, *targets;
-    float *weights;
-    int n;
-} example;
-
-typedef struct {
-    example *v;
-    size_t n, cap;
-    size_t skipped;
-    const eng_tokenizer *tok;
-    render_kind kind;
-    int max_len;
-} example_set;
-
-static void examples_free(example_set *s) {
-    for (size_t i = 0; i < s->n; i++)
-        free(s->v[i].tokens), free(s->v[i].targets), free(s->v[i].weights);
-    free(s->v);
-}
+/* ---- the data file as a rows_set (one file, no split) ---- */
 
 static int add_row(const json_t *row, long line, void *ud, lt_err *err) {
-    example_set *s = ud;
-    json_t *conv = rows_conversation(row, NULL, err);
-    if (!conv) return -1;
-    render_out ro = {0};
-    int rc = render_chat(s->tok, s->kind, conv, 0, &ro, err);
-    json_decref(conv);
-    if (rc) return -1;
-    size_t L = ro.n < (size_t)s->max_len ? ro.n : (size_t)s->max_len;
-    double wsum = 0;
-    for (size_t i = 1; i < L; i++)
-        wsum += ro.weights[i];
-    if (L < 2 || !(wsum > 0)) {
-        s->skipped++; /* nothing to learn: no assistant token left after truncation */
-        render_out_free(&ro);
-        return 0;
-    }
+    rows_set *s = ud;
     if (s->n == s->cap) {
         s->cap = s->cap ? 2 * s->cap : 256;
-        example *nv = realloc(s->v, s->cap * sizeof(example));
-        if (!nv) abort();
-        s->v = nv;
+        s->lines = realloc(s->lines, s->cap * sizeof *s->lines);
+        s->file = realloc(s->file, s->cap * sizeof *s->file);
+        if (!s->lines || !s->file) abort();
     }
-    example *e = &s->v[s->n++];
-    e->n = (int)L - 1;
-    e->tokens = malloc((size_t)e->n * sizeof(int));
-    e->targets = malloc((size_t)e->n * sizeof(int));
-    e->weights = malloc((size_t)e->n * sizeof(float));
-    if (!e->tokens || !e->targets || !e->weights) abort();
-    for (int i = 0; i < e->n; i++) {
-        e->tokens[i] = ro.ids[i];
-        e->targets[i] = ro.ids[i + 1];
-        e->weights[i] = (float)(ro.weights[i + 1] / wsum);
-    }
-    render_out_free(&ro);
-    (void)line;
+    json_array_append(s->rows, (json_t *)row);
+    s->lines[s->n] = line;
+    s->file[s->n] = 0;
+    s->n++;
     return 0;
 }
 
-static int load_examples(const char *path, example_set *s, lt_err *err) {
+static int load_rows(const char *path, rows_set *s, lt_err *err) {
     size_t len;
     char *data = lt_read_file(path, &len, err);
     if (!data) return -1;
+    s->rows = json_array();
+    s->files = malloc(sizeof *s->files);
+    s->splits = malloc(sizeof *s->splits);
+    if (!s->rows || !s->files || !s->splits) abort();
+    s->files[0] = lt_strdup(path);
+    s->splits[0] = lt_strdup("");
+    s->nfiles = 1;
     rows_loc loc;
     int rc = rows_parse(data, len, rows_format_for_path(path, ROWS_JSONL), NULL, path, add_row, s, &loc, err);
     free(data);
-    if (rc) return -1;
-    if (s->n == 0)
-        return lt_err_set(err, 422, "%s: no example with an assistant message to train on (%zu rows skipped)",
-                          path, s->skipped);
+    return rc ? -1 : 0;
+}
+
+/* ---- hooks: print progress, lay checkpoints out under OUT ---- */
+
+typedef struct {
+    const char *out;
+    double t_start;
+} cli_ud;
+
+static long metric_l(const json_t *m, const char *k) {
+    return (long)json_integer_value(json_array_get(json_object_get(m, k), 0));
+}
+static double metric_d(const json_t *m, const char *k) {
+    return json_number_value(json_array_get(json_object_get(m, k), 0));
+}
+
+static int on_event(void *ud, const json_t *ev, lt_err *err) {
+    (void)ud, (void)err;
+    const char *type = json_string_value(json_object_get(ev, "event_type"));
+    const json_t *m = json_object_get(ev, "metrics"), *d = json_object_get(ev, "data");
+    if (type && !strcmp(type, "step_complete")) {
+        printf("step %ld/%ld  loss %.4f  lr %.3g  tokens/s %.0f\n", metric_l(m, "steps"),
+               (long)json_integer_value(json_object_get(d, "total_steps")), metric_d(m, "train/loss"),
+               metric_d(m, "train/learning_rate"), metric_d(m, "train/tokens_per_s"));
+    } else if (type && !strcmp(type, "eval_complete")) {
+        printf("eval/loss %.4f (%ld examples)\n", metric_d(m, "eval/loss"),
+               (long)json_integer_value(json_object_get(m, "eval/num_examples")));
+    } else {
+        const char *level = json_string_value(json_object_get(ev, "level"));
+        const char *msg = json_string_value(json_object_get(ev, "message"));
+        if (level && (!strcmp(level, "warning") || !strcmp(level, "error")))
+            fprintf(stderr, "%s: %s\n", level, msg ? msg : "");
+        else if (!level || strcmp(level, "debug") != 0)
+            printf("%s\n", msg ? msg : "");
+    }
+    fflush(stdout);
     return 0;
 }
 
-/* Fisher-Yates with the engine's RNG seeded by (seed, epoch). */
-static void shuffle(size_t *perm, size_t n, uint64_t seed, long epoch) {
-    for (size_t i = 0; i < n; i++)
-        perm[i] = i;
-    uint64_t s = seed * 0x9e3779b97f4a7c15ULL + (uint64_t)epoch;
-    for (size_t i = n; i > 1; i--) {
-        size_t j = (size_t)(eng_rng_next(&s) % i);
-        size_t t = perm[i - 1];
-        perm[i - 1] = perm[j], perm[j] = t;
-    }
+static int move(const char *from, const char *to, lt_err *err) {
+    if (rename(from, to) != 0) return lt_err_set(err, 500, "moving %s to %s: %s", from, to, strerror(errno));
+    return 0;
 }
 
-static double eval_loss(eng_engine *e, const example_set *ev, int bs, lt_err *err) {
-    eng_datum *d = calloc((size_t)bs, sizeof(eng_datum));
-    if (!d) abort();
-    double total = 0;
-    for (size_t i = 0; i < ev->n; i += (size_t)bs) {
-        int nb = 0;
-        for (size_t k = i; k < ev->n && nb < bs; k++, nb++)
-            d[nb] = (eng_datum){.tokens = ev->v[k].tokens,
-                                .n = ev->v[k].n,
-                                .targets = ev->v[k].targets,
-                                .weights = ev->v[k].weights};
-        double l;
-        if (eng_forward(e, d, nb, "cross_entropy", NULL, 0, NULL, &l, err)) {
-            free(d);
-            return NAN;
-        }
-        total += l;
+/* dir holds adapter_config.json, adapter_model.safetensors and training_state.safetensors. A numbered
+ * checkpoint becomes OUT/checkpoints/NAME/{state.safetensors, adapter/}; "final" becomes OUT/adapter/. */
+static int on_checkpoint(void *ud, const char *name, long step, const char *dir, lt_err *err) {
+    cli_ud *u = ud;
+    char *state = lt_path_join(dir, "training_state.safetensors");
+    int rc;
+    if (!strcmp(name, "final")) {
+        char *dst = lt_path_join(u->out, "adapter");
+        unlink(state);
+        lt_rm_rf(dst);
+        rc = move(dir, dst, err);
+        if (!rc) printf("wrote %s (PEFT) after %ld steps in %.1f s\n", dst, step, lt_mono_s() - u->t_start);
+        free(dst);
+    } else {
+        char rel[160];
+        snprintf(rel, sizeof rel, "checkpoints/%s", name);
+        char *cdir = lt_path_join(u->out, rel), *cstate = lt_path_join(cdir, "state.safetensors"),
+             *cadapter = lt_path_join(cdir, "adapter");
+        lt_rm_rf(cdir);
+        rc = lt_mkdir_p(cdir, 0755, err) || move(state, cstate, err) || move(dir, cadapter, err);
+        if (!rc) printf("checkpoint %s\n", rel);
+        free(cdir), free(cstate), free(cadapter);
     }
-    free(d);
-    return total / (double)ev->n;
-}
-
-static int checkpoint(eng_engine *e, const char *out, int n, long step, lt_err *err) {
-    char name[96];
-    snprintf(name, sizeof(name), "checkpoints/checkpoint-%d-step%ld", n, step);
-    char *dir = lt_path_join(out, name), *state = lt_path_join(dir, "state.safetensors"),
-         *adapter = lt_path_join(dir, "adapter");
-    char extra[64];
-    snprintf(extra, sizeof(extra), "{\"step\":%ld}", step);
-    int rc = lt_mkdir_p(dir, 0755, err) || eng_save_state(e, state, 1, extra, err) ||
-             eng_peft_export(e->m, adapter, e->base_model, err);
-    if (!rc) printf("checkpoint %s\n", name);
-    free(dir), free(state), free(adapter);
+    fflush(stdout);
+    free(state);
     return rc ? -1 : 0;
 }
 
@@ -273,89 +253,52 @@ int cmd_train_local(int argc, char **argv) {
     eng_set_threads((int)o.threads);
     lt_err err = {0};
     int rc = EXIT_FAIL;
-    example_set train = {0}, ev = {0};
-    size_t *perm = NULL;
-    eng_datum *d = NULL;
-    eng_lora_config lc = {
-        .rank = (int)o.rank, .alpha = (float)o.alpha, .targets = ENG_LORA_ALL, .seed = (uint64_t)o.seed};
+    rows_set train = {0}, ev = {0};
+    json_t *eff = NULL, *job = NULL, *final = NULL;
+    char *work = NULL;
     eng_tokenizer *tok = eng_tok_load(o.model, &err);
-    eng_engine *e = tok ? eng_open(o.model, &lc, o.model, &err) : NULL;
-    if (!e) goto fail;
-    int ctx = e->m->cfg.max_position_embeddings;
-    train.tok = ev.tok = tok;
-    train.kind = ev.kind = render_pick(tok, e->m->cfg.family);
-    train.max_len = ev.max_len = (int)(ctx > 0 && o.max_len > ctx ? ctx : o.max_len);
-    if (load_examples(o.data, &train, &err) || (o.eval && load_examples(o.eval, &ev, &err))) goto fail;
-
-    long per_epoch = (long)((train.n + (size_t)(o.bs * o.ga) - 1) / (size_t)(o.bs * o.ga));
-    long total = o.steps ? o.steps : per_epoch;
-    if (o.epochs) {
-        total = o.epochs * per_epoch;
-        if (o.steps && o.steps < total) {
-            fprintf(stderr, "warning: --steps %ld caps --epochs %ld (%ld steps)\n", o.steps, o.epochs, total);
-            total = o.steps;
-        }
-    }
-    printf(
-        "training %s on %zu examples (%zu skipped) from %s: %ld steps of %ld x %ld, renderer %s, LoRA r%ld\n",
-        o.model, train.n, train.skipped, o.data, total, o.bs, o.ga, render_kind_name(train.kind), o.rank);
-    if (lt_mkdir_p(o.out, 0755, &err)) goto fail;
-    perm = malloc(train.n * sizeof(size_t));
-    d = calloc((size_t)o.bs, sizeof(eng_datum));
-    if (!perm || !d) abort();
-    eng_adam_params ap;
-    eng_adam_params_default(&ap);
-    ap.eps = 1e-8f;
-    long epoch = -1;
-    size_t cursor = 0; /* examples consumed so far */
-    int nckpt = 0;
-    double t_start = lt_mono_s();
-    for (long step = 0; step < total; step++) {
-        double t0 = lt_mono_s(), loss = 0;
-        long ntok = 0;
-        for (long m = 0; m < o.ga; m++) {
-            for (long b = 0; b < o.bs; b++, cursor++) {
-                long ep = (long)(cursor / train.n);
-                if (ep != epoch) shuffle(perm, train.n, (uint64_t)o.seed, epoch = ep);
-                const example *x = &train.v[perm[cursor % train.n]];
-                d[b] =
-                    (eng_datum){.tokens = x->tokens, .n = x->n, .targets = x->targets, .weights = x->weights};
-                ntok += x->n;
-            }
-            double l;
-            if (eng_forward_backward(e, d, (int)o.bs, "cross_entropy", NULL, 0, NULL, &l, &err)) goto fail;
-            loss += l;
-        }
-        ap.learning_rate = (float)(o.lr * (1.0 - (double)step / (double)total));
-        if (eng_optim_step(e, &ap, &err)) goto fail;
-        double dt = lt_mono_s() - t0;
-        printf("step %ld/%ld  loss %.4f  lr %.3g  tokens/s %.0f\n", step + 1, total,
-               loss / (double)(o.bs * o.ga), (double)ap.learning_rate, (double)ntok / dt);
-        fflush(stdout);
-        if ((step + 1) % o.interval == 0 || step + 1 == total) {
-            if (checkpoint(e, o.out, ++nckpt, step + 1, &err)) goto fail;
-            if (o.eval) {
-                double el = eval_loss(e, &ev, (int)o.bs, &err);
-                if (isnan(el)) goto fail;
-                printf("eval/loss %.4f (%zu examples)\n", el, ev.n);
-            }
-        }
-    }
-    char *adir = lt_path_join(o.out, "adapter");
-    int ok = eng_peft_export(e->m, adir, o.model, &err) == 0;
-    if (ok) printf("wrote %s (PEFT) after %ld steps in %.1f s\n", adir, total, lt_mono_s() - t_start);
-    free(adir);
-    if (!ok) goto fail;
+    eng_engine *base = tok ? eng_open(o.model, NULL, o.model, &err) : NULL;
+    if (!base) goto fail;
+    if (load_rows(o.data, &train, &err) || (o.eval && load_rows(o.eval, &ev, &err))) goto fail;
+    eff = json_pack("{s:I, s:I, s:f, s:I, s:f, s:I, s:I, s:I}", "batch_size", (json_int_t)o.bs,
+                    "gradient_accumulation_steps", (json_int_t)o.ga, "learning_rate", o.lr, "lora_rank",
+                    (json_int_t)o.rank, "lora_alpha", o.alpha, "max_sequence_length", (json_int_t)o.max_len,
+                    "checkpoint_interval", (json_int_t)o.interval, "seed", (json_int_t)o.seed);
+    job = json_pack("{s:s, s:s}", "backend", "tinker", "trainer_type", "sft");
+    if (!eff || !job) abort();
+    json_object_set_new(eff, "steps", o.steps ? json_integer(o.steps) : json_null());
+    json_object_set_new(eff, "epochs", o.epochs ? json_integer(o.epochs) : json_null());
+    work = lt_path_join(o.out, ".work");
+    lt_rm_rf(work);
+    if (lt_mkdir_p(work, 0755, &err)) goto fail;
+    cli_ud u = {.out = o.out, .t_start = lt_mono_s()};
+    tr_inputs in = {.job = job,
+                    .eff = eff,
+                    .base = base,
+                    .tok = tok,
+                    .model_id = o.model,
+                    .capability_prompt = "",
+                    .train = &train,
+                    .eval = o.eval ? &ev : NULL,
+                    .dataset_name = "",
+                    .work_dir = work,
+                    .threads = (int)o.threads,
+                    .seed = (uint64_t)o.seed};
+    tr_hooks h = {.ud = &u, .event = on_event, .checkpoint = on_checkpoint};
+    if (tr_sft_run(&in, &h, &final, &err) != TR_DONE) goto fail;
     rc = EXIT_OK;
     goto done;
 fail:
     fprintf(stderr, "lathe train sft: %s\n", err.msg);
 done:
-    examples_free(&train);
-    examples_free(&ev);
-    free(perm);
-    free(d);
-    eng_close(e);
+    if (work) lt_rm_rf(work);
+    free(work);
+    json_decref(final);
+    json_decref(eff);
+    json_decref(job);
+    rows_set_free(&train);
+    rows_set_free(&ev);
+    eng_close(base);
     eng_tok_free(tok);
     return rc;
 }

@@ -17,6 +17,7 @@
 #pragma weak cmd_tokenize
 #pragma weak cmd_detokenize
 #pragma weak cmd_bench
+#pragma weak cmd_rl_rank
 
 typedef int (*cmd_fn)(int, char **);
 static const struct {
@@ -36,6 +37,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "text to token ids with a model's tokenizer"},
     {"detokenize", cmd_detokenize, "token ids to text"},
     {"bench", cmd_bench, "measure: gemm|train|sample"},
+    {"rl-rank", cmd_rl_rank, "one rank of a distributed GRPO job (run by mpirun); --check tests the MPI setup"},
 };
 
 static void usage(FILE *f) {

@@ -120,8 +120,23 @@ int jobs_claim(db *d, const char *worker_id, int64_t lease_ms, char id_out[LT_UU
 int jobs_heartbeat(db *d, const char *id, const char *worker_id, int64_t lease_ms, int *cancel_requested,
                    lt_err *err);
 
+/* 1 when a cancel was requested for the job, 0 when not, -1 with err (404 when it does not exist). A read,
+ * cheap enough for a worker to ask once per optimizer step. */
+int jobs_cancel_requested(db *d, const char *id, lt_err *err);
+
 /* The worker acknowledges a cancel request: running -> cancelled (completed_at set, lease dropped). */
 int jobs_mark_cancelled(db *d, const char *id, const char *worker_id, lt_err *err);
+
+/* The worker gives a running job back to the queue (it is shutting down; the job resumes from its last
+ * checkpoint on the next claim): running -> queued, lease dropped, `attempt` kept, reason (may be NULL)
+ * logged. With a cancel pending the job becomes cancelled instead. 409 when worker_id does not hold the job.
+ */
+int jobs_release(db *d, const char *id, const char *worker_id, const char *reason, lt_err *err);
+
+/* Resume support: drops from the job's metric arrays every entry of a step after `step` (the "steps" axis for
+ * the arrays not named "eval/...", the "eval/steps" axis for the "eval/..." arrays) and sets progress.step to
+ * step, so that the steps a resumed run repeats are not counted twice. Scalars are left as they are. */
+int jobs_trim_metrics(db *d, const char *id, int64_t step, lt_err *err);
 
 /* ---- progress and logs ---- */
 

@@ -864,6 +864,102 @@ int jobs_mark_cancelled(db *d, const char *id, const char *worker_id, lt_err *er
     return tx_end(d, own, rc, err);
 }
 
+int jobs_cancel_requested(db *d, const char *id, lt_err *err) {
+    db_stmt *s = db_query(d, err, "SELECT cancel_requested_at FROM jobs WHERE id = ?", "t", id);
+    if (!s) return -1;
+    int rc = db_step(s, err);
+    int out = rc == DB_ROW && !db_column_is_null(s, 0);
+    db_finalize(s);
+    if (rc == DB_ERROR) return -1;
+    return rc == DB_ROW ? out : lt_err_set(err, 404, "training job '%s' not found", id);
+}
+
+int jobs_release(db *d, const char *id, const char *worker_id, const char *reason, lt_err *err) {
+    job_state st;
+    int64_t now = lt_now_ms();
+    int own, rc = tx_begin(d, &own, err);
+    if (rc != 0) return -1;
+    rc = load_state(d, NULL, id, &st, err);
+    if (rc == 0 && (strcmp(st.status, "running") != 0 || strcmp(st.worker_id, worker_id) != 0))
+        rc = lt_err_set(err, 409, "worker %s does not hold training job '%s' (it is %s)", worker_id, id,
+                        st.status);
+    int cancel = rc == 0 && st.cancel_requested_at != 0;
+    if (rc == 0 && cancel)
+        rc = db_run(d, err,
+                    "UPDATE jobs SET status = 'cancelled', completed_at = ?, worker_id = NULL, "
+                    "lease_expires_at = NULL, " BUMP_UPDATED " WHERE id = ?",
+                    "iiit", now, now, now, id) < 0
+                 ? -1
+                 : 0;
+    else if (rc == 0)
+        rc = db_run(
+                 d, err,
+                 "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, " BUMP_UPDATED
+                 " WHERE id = ?",
+                 "iit", now, now, id) < 0
+                 ? -1
+                 : 0;
+    if (rc == 0) {
+        char msg[512];
+        if (cancel)
+            snprintf(msg, sizeof msg, "%s; a cancel was pending: cancelled", reason ? reason : "released");
+        else
+            snprintf(msg, sizeof msg, "%s: re-queued (attempt %lld kept)", reason ? reason : "released",
+                     (long long)st.attempt);
+        if (log_add_tx(d, id, st.attempt, cancel ? JOBS_LOG_INFO : JOBS_LOG_WARNING, msg, NULL, now, err) < 0)
+            rc = -1;
+    }
+    return tx_end(d, own, rc, err);
+}
+
+/* Keeps the entries of the arrays on one axis whose step is <= step. */
+static void trim_axis(json_t *m, const char *axis, int eval, int64_t step) {
+    json_t *steps = json_object_get(m, axis);
+    if (!json_is_array(steps)) return;
+    size_t keep = 0;
+    while (keep < json_array_size(steps) && json_number_value(json_array_get(steps, keep)) <= (double)step)
+        keep++;
+    const char *k;
+    json_t *v;
+    json_object_foreach(m, k, v) {
+        if (!json_is_array(v) || (strncmp(k, "eval/", 5) == 0) != eval) continue;
+        while (json_array_size(v) > keep)
+            json_array_remove(v, json_array_size(v) - 1);
+    }
+}
+
+int jobs_trim_metrics(db *d, const char *id, int64_t step, lt_err *err) {
+    int64_t now = lt_now_ms();
+    int own, rc = tx_begin(d, &own, err);
+    if (rc != 0) return -1;
+    json_t *m = NULL, *p = NULL;
+    db_stmt *s = db_query(d, err, "SELECT metrics, progress FROM jobs WHERE id = ?", "t", id);
+    int r = s ? db_step(s, err) : DB_ERROR;
+    if (r == DB_ROW) {
+        m = col_json(s, 0, chk(json_object()));
+        p = col_json(s, 1, progress_initial());
+    }
+    db_finalize(s);
+    if (r != DB_ROW) rc = r == DB_ERROR ? -1 : lt_err_set(err, 404, "training job '%s' not found", id);
+    if (rc == 0) {
+        trim_axis(m, "steps", 0, step);
+        trim_axis(m, "eval/steps", 1, step);
+        oset(p, "step", chk(json_integer(step)));
+        double t = json_number_value(json_object_get(p, "total_steps"));
+        if (t > 0) oset(p, "fraction", chk(json_real((double)step >= t ? 1.0 : (double)step / t)));
+        char *ms = dumps(m), *ps = dumps(p);
+        rc = db_run(d, err, "UPDATE jobs SET metrics = ?, progress = ?, " BUMP_UPDATED " WHERE id = ?",
+                    "ttiit", ms, ps, now, now, id) < 0
+                 ? -1
+                 : 0;
+        free(ms);
+        free(ps);
+    }
+    json_decref(m);
+    json_decref(p);
+    return tx_end(d, own, rc, err);
+}
+
 /* ---------------------------------------------------------------------------------------------------------
  * progress */
 
