@@ -1005,6 +1005,10 @@ static int dist_round(rl_run *r, long k, int force_quit, lt_err *err) {
             b->sample_s = sh[w]->sample_s > b->sample_s ? sh[w]->sample_s : b->sample_s;
             b->score_s = sh[w]->score_s > b->score_s ? sh[w]->score_s : b->score_s;
         }
+        if (!rc && b->n > 0) { /* for the step's debug log line, as the local samplers do */
+            eng_sequence s0 = {.tokens = b->r[0].tokens, .logprobs = b->r[0].logprobs, .n = b->r[0].n};
+            b->first_text = completion_text(r, &s0);
+        }
         free(cur);
         if (rc)
             batch_free(b);
