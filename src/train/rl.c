@@ -678,35 +678,6 @@ static int resume(rl_run *r, long *start, lt_err *err) {
 
 /* ---- engines ---- */
 
-static int open_learner(rl_run *r, lt_err *err) {
-    const tr_inputs *in = r->in;
-    if (in->resume_dir) {
-        r->learner = eng_share(in->base, NULL, err);
-        return r->learner ? 0 : -1;
-    }
-    if (in->init_adapter) {
-        char *cfgp = lt_path_join(in->init_adapter, "adapter_config.json");
-        size_t len;
-        char *text = lt_read_file(cfgp, &len, err);
-        eng_lora_config lc;
-        int rc = text ? eng_peft_config_parse(text, len, cfgp, &lc, err) : -1;
-        free(text), free(cfgp);
-        if (rc) return -1;
-        lc.seed = in->seed;
-        r->learner = eng_share(in->base, &lc, err);
-        if (!r->learner || eng_peft_import(r->learner->m, in->init_adapter, err)) {
-            lt_err_prefix(err, "starting from adapter %s: ", in->init_adapter);
-            return -1;
-        }
-        return tr_log(r->h, "info", err, "starting from adapter %s (LoRA r%d, alpha %g)", in->init_adapter,
-                      lc.rank, (double)lc.alpha);
-    }
-    eng_lora_config lc = {
-        .rank = (int)r->c.rank, .alpha = (float)r->c.alpha, .targets = ENG_LORA_ALL, .seed = in->seed};
-    r->learner = eng_share(in->base, &lc, err);
-    return r->learner ? 0 : -1;
-}
-
 /* A sampler engine holding a copy of the learner's adapter. */
 static eng_engine *new_sampler(rl_run *r, lt_err *err) {
     eng_engine *s = eng_share(r->in->base, &r->learner->m->lora, err);
@@ -1245,7 +1216,7 @@ static int run_local(rl_run *r, json_t **final_out, lt_err *err) {
     const tr_inputs *in = r->in;
     const tr_hooks *h = r->h;
     int result = TR_FAILED;
-    if (open_learner(r, err)) return TR_FAILED;
+    if (!(r->learner = tr_open_engine(r->in, r->h, (int)r->c.rank, r->c.alpha, err))) return TR_FAILED;
     snprintf(r->learner->base_model, sizeof r->learner->base_model, "%s", in->model_id ? in->model_id : "");
     long start = 0;
     if (in->resume_dir && resume(r, &start, err)) return TR_FAILED;

@@ -357,39 +357,6 @@ static int resume(sft_run *r, long *start, lt_err *err) {
     return 0;
 }
 
-/* The training engine: resumed, from init_adapter, or a fresh adapter. */
-static int open_engine(sft_run *r, long rank, double alpha, lt_err *err) {
-    const tr_inputs *in = r->in;
-    if (in->resume_dir) {
-        r->e = eng_share(in->base, NULL, err);
-        return r->e ? 0 : -1;
-    }
-    if (in->init_adapter) {
-        char *cfgp = lt_path_join(in->init_adapter, "adapter_config.json");
-        size_t len;
-        char *text = lt_read_file(cfgp, &len, err);
-        eng_lora_config lc;
-        int rc = text ? eng_peft_config_parse(text, len, cfgp, &lc, err) : -1;
-        free(text), free(cfgp);
-        if (rc) return -1;
-        lc.seed = in->seed;
-        r->e = eng_share(in->base, &lc, err);
-        if (!r->e || eng_peft_import(r->e->m, in->init_adapter, err)) {
-            lt_err_prefix(err, "starting from adapter %s: ", in->init_adapter);
-            return -1;
-        }
-        if (tr_log(r->h, "info", err,
-                   "starting from adapter %s (LoRA r%d, alpha %g); the job's lora_rank %ld is ignored",
-                   in->init_adapter, lc.rank, (double)lc.alpha, rank))
-            return -1;
-        return 0;
-    }
-    eng_lora_config lc = {
-        .rank = (int)rank, .alpha = (float)alpha, .targets = ENG_LORA_ALL, .seed = in->seed};
-    r->e = eng_share(in->base, &lc, err);
-    return r->e ? 0 : -1;
-}
-
 int tr_sft_run(const tr_inputs *in, const tr_hooks *h, json_t **final_out, lt_err *err) {
     if (final_out) *final_out = NULL;
     sft_run r = {.in = in, .h = h, .perm_epoch = -1, .loss_best = INFINITY, .eval_last = NAN};
@@ -445,7 +412,7 @@ int tr_sft_run(const tr_inputs *in, const tr_hooks *h, json_t **final_out, lt_er
     r.perm = malloc(r.train.n * sizeof *r.perm);
     r.d = calloc((size_t)r.bs, sizeof *r.d);
     if (!r.perm || !r.d) abort();
-    if (open_engine(&r, rank, alpha, err)) goto done;
+    if (!(r.e = tr_open_engine(in, h, (int)rank, alpha, err))) goto done;
     snprintf(r.e->base_model, sizeof r.e->base_model, "%s", in->model_id ? in->model_id : "");
     long start = 0;
     if (in->resume_dir && resume(&r, &start, err)) goto done;

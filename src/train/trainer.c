@@ -36,3 +36,33 @@ int tr_log(const tr_hooks *h, const char *level, lt_err *err, const char *fmt, .
     json_decref(ev);
     return rc;
 }
+
+eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, double alpha, lt_err *err) {
+    if (in->resume_dir) return eng_share(in->base, NULL, err); /* the state file brings the adapter */
+    if (!in->init_adapter) {
+        eng_lora_config lc = {.rank = rank, .alpha = (float)alpha, .targets = ENG_LORA_ALL, .seed = in->seed};
+        return eng_share(in->base, &lc, err);
+    }
+    char *cfgp = lt_path_join(in->init_adapter, "adapter_config.json");
+    size_t len;
+    char *text = lt_read_file(cfgp, &len, err);
+    eng_lora_config lc;
+    int rc = text ? eng_peft_config_parse(text, len, cfgp, &lc, err) : -1;
+    free(text), free(cfgp);
+    if (rc) return NULL;
+    lc.seed = in->seed;
+    eng_engine *e = eng_share(in->base, &lc, err);
+    if (!e || eng_peft_import(e->m, in->init_adapter, err)) {
+        lt_err_prefix(err, "starting from adapter %s: ", in->init_adapter);
+        eng_close(e);
+        return NULL;
+    }
+    if (tr_log(h, "info", err,
+               "starting from adapter %s (LoRA r%d, alpha %g, from its adapter_config.json); the job's "
+               "lora_rank %d is ignored",
+               in->init_adapter, lc.rank, (double)lc.alpha, rank)) {
+        eng_close(e);
+        return NULL;
+    }
+    return e;
+}

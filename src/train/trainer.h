@@ -87,6 +87,10 @@ int tr_rl_run(const tr_inputs *in, const tr_hooks *h, json_t **final_metrics, lt
 /* Writes a checkpoint directory dir for engine e: PEFT export + training_state.safetensors with extra. */
 int tr_write_checkpoint(eng_engine *e, const char *dir, const char *model_id, const char *extra_json,
                         lt_err *err);
+/* The training engine on in->base: for a resume (the state file then brings the adapter), from
+ * in->init_adapter (its own rank and alpha; a log line says so), or a fresh LoRA adapter of rank/alpha seeded
+ * by in->seed. NULL with err. */
+eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, double alpha, lt_err *err);
 /* "checkpoint-<k>-step<N>" into buf. */
 void tr_checkpoint_name(char *buf, size_t n, int k, long step);
 /* Sends a log line through h->event (level "debug"|"info"|"warning"|"error"). Returns the hook's result. */

@@ -3,17 +3,16 @@ through `lathe rl-rank --check`, which runs dist_run's launcher with the transpo
 instead of training (3 ranks on this machine unless a test says otherwise); and one Ray GRPO job with
 execution_mode distributed run by a server's worker on a tiny model (1 learner + 2 rollout ranks)."""
 
-import io
 import json
 import os
 import shutil
 import subprocess
-import tarfile
 import time
 
 import pytest
 
 from conftest import LATHE_BIN
+from jobs_helpers import JOBS, push, wait_done
 
 pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI (mpirun) is not installed")
 
@@ -153,31 +152,6 @@ def test_ranks_that_ignore_stop_are_terminated(tmp_path):
 
 
 # ---- a distributed GRPO job through the server ----
-
-JOBS = "/api/v1/org/default/ws/main/training/jobs"
-
-
-def push(s, kind, files):
-    bio = io.BytesIO()
-    with tarfile.open(fileobj=bio, mode="w") as t:
-        for name, text in files.items():
-            data = text.encode()
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            t.addfile(ti, io.BytesIO(data))
-    r = s.post("/api/v1/org/default/" + kind, data=bio.getvalue(), headers={"Content-Type": "application/x-tar"})
-    assert r.status_code == 201, r.text
-
-
-def wait_done(s, jid, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        j = s.get(JOBS + "/" + jid).json()
-        if j["status"] in ("completed", "failed", "cancelled"):
-            return j
-        time.sleep(0.1)
-    raise AssertionError("job %s did not finish: %s" % (jid, json.dumps(s.get(JOBS + "/" + jid).json())[:3000]))
-
 
 def grpo_server(lathe_server):
     s = lathe_server()

@@ -16,21 +16,18 @@ Everything goes through the HTTP API and the server's worker. The reward curves 
 to <build>/test-logs/rl-learning.txt (build/test-logs/ for the default build) and printed (pytest -s shows them).
 """
 
-import io
 import json
 import pathlib
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 
 import pytest
 
 from conftest import LATHE_BIN, ROOT, LatheServer
+from jobs_helpers import JOBS, jsonl, push, wait_done
 
-JOBS = "/api/v1/org/default/ws/main/training/jobs"
-TERMINAL = ("completed", "failed", "cancelled")
 # beside the other test logs of the build under test (tests/run.sh: $BUILD/test-logs), else build/test-logs
 _BUILD = LATHE_BIN.parent if ROOT / "build" in LATHE_BIN.resolve().parents else ROOT / "build"
 LOG = _BUILD / "test-logs" / "rl-learning.txt"
@@ -52,26 +49,6 @@ FINAL_MIN = 0.75  # mean of the last 4 steps
 RL_LR = 0.002  # sum-of-tokens losses with AdamW (tests/unit/test_rl.c)
 
 
-def tar_bytes(files):
-    bio = io.BytesIO()
-    with tarfile.open(fileobj=bio, mode="w") as t:
-        for name, text in files.items():
-            data = text.encode()
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            t.addfile(ti, io.BytesIO(data))
-    return bio.getvalue()
-
-
-def push(s, kind, files):
-    r = s.post("/api/v1/org/default/" + kind, data=tar_bytes(files), headers={"Content-Type": "application/x-tar"})
-    assert r.status_code == 201, r.text
-
-
-def jsonl(rows):
-    return "".join(json.dumps(r) + "\n" for r in rows)
-
-
 def dataset(name, rows):
     return {"dataset.yaml": "name: %s\nversion: 0.1.0\nformat: jsonl\nsplits:\n  train: train.jsonl\n" % name,
             "train.jsonl": jsonl(rows)}
@@ -81,17 +58,6 @@ def create(s, body):
     r = s.post(JOBS, json=body)
     assert r.status_code == 201, r.text
     return r.json()["id"]
-
-
-def wait_done(s, jid, timeout=600):
-    # a guard against a hung job, not a time assertion
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        j = s.get(JOBS + "/" + jid).json()
-        if j["status"] in TERMINAL:
-            return j
-        time.sleep(0.1)
-    raise AssertionError("job %s did not finish: %s" % (jid, json.dumps(s.get(JOBS + "/" + jid).json())[:3000]))
 
 
 def report(line):

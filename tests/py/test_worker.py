@@ -6,57 +6,24 @@ Each test builds a tiny Llama-architecture model with `lathe model init-tiny` un
 pushes a small prompt/answer dataset and a capability through the API.
 """
 
-import io
 import json
 import os
 import re
 import signal
 import subprocess
-import tarfile
 import time
 
 import pytest
-import requests
 
 from conftest import LATHE_BIN, LatheServer
-
-JOBS = "/api/v1/org/default/ws/main/training/jobs"
-TERMINAL = ("completed", "failed", "cancelled")
+from jobs_helpers import JOBS, checkpoints, download, get, jsonl, lathe, logs, push, wait_done, wait_until
 
 
 # ---- helpers ----
 
 
-def lathe(*args, check=True, timeout=120):
-    cp = subprocess.run([str(LATHE_BIN), *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert cp.returncode == 0, (args, cp.stdout[-2000:], cp.stderr[-2000:])
-    return cp
-
-
-def tar_bytes(files):
-    bio = io.BytesIO()
-    with tarfile.open(fileobj=bio, mode="w") as t:
-        for name, text in files.items():
-            data = text.encode()
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            t.addfile(ti, io.BytesIO(data))
-    return bio.getvalue()
-
-
-def push(s, kind, files):
-    r = s.post("/api/v1/org/default/" + kind, data=tar_bytes(files), headers={"Content-Type": "application/x-tar"})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
 def pair_rows(n, start=0, words=1):
     return [{"prompt": "%d+1?%s" % (i, " please" * (words - 1)), "answer": str(i + 1)} for i in range(start, start + n)]
-
-
-def jsonl(rows):
-    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def make_model(s, name="tiny"):
@@ -83,41 +50,6 @@ def create(s, model="tiny", dataset="pairs", eval_ds=True, **cfg):
                            "capability_ref": {"name": "assistant", "version": "1.0.0"}, "config": config})
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def get(s, jid):
-    r = s.get(JOBS + "/" + jid)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def wait_until(s, jid, pred, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        j = get(s, jid)
-        if pred(j):
-            return j
-        time.sleep(0.05)
-    raise AssertionError("job %s: %s not reached: %s" % (jid, what, json.dumps(get(s, jid))[:3000]))
-
-
-def wait_done(s, jid, timeout=120):
-    return wait_until(s, jid, lambda j: j["status"] in TERMINAL, timeout, "a terminal status")
-
-
-def logs(s, jid):
-    return s.get(JOBS + "/%s/logs?limit=1000" % jid).json()["items"]
-
-
-def checkpoints(s, jid):
-    return s.get(JOBS + "/%s/checkpoints" % jid).json()["items"]
-
-
-def download(s, jid, name="final"):
-    r = s.get(JOBS + "/%s/checkpoints/%s/download" % (jid, name))
-    assert r.status_code == 200, r.text
-    with tarfile.open(fileobj=io.BytesIO(r.content)) as t:
-        return {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
 
 
 def blob_files(data_dir):
