@@ -12,7 +12,12 @@
  * with 1.3 x (base weights + adapter, gradients and moments + activation arena and scratch). sample  the same
  * weights; a 16-token prompt, then 32 tokens generated with the KV cache at batch 1 and 16. Bound at batch 1:
  * (copy bandwidth) / (weight bytes read per generated token), since decoding one token reads every weight
- * once; copy bandwidth counts bytes read plus bytes written. */
+ * once; copy bandwidth counts bytes read plus bytes written.
+ *   rl      one RL step of the trainers (src/train/rl.c) on the same weights, split by phase: a 32-token
+ * prompt,
+ *           --batch completions of 32 tokens sampled together (one batched KV-cache decode), scored (a cheap
+ *           synthetic reward: the share of even token ids), group advantages, then forward_backward
+ *           (importance_sampling against the sampler's logprobs) + optim_step on the group. */
 #include <cblas.h>
 #include <errno.h>
 #include <jansson.h>
@@ -29,7 +34,7 @@
 
 static void usage(FILE *f) {
     fputs(
-        "usage: lathe bench gemm|train|sample [--preset smollm2-135m] [--batch B] [--seq T] [--steps N]\n"
+        "usage: lathe bench gemm|train|sample|rl [--preset smollm2-135m] [--batch B] [--seq T] [--steps N]\n"
         "                                    [--threads N] [--json]\n\n"
         "  gemm    measured SGEMM GFLOP/s at the thread count (the practical peak)\n"
         "  train   tokens/s, ms/step by phase, achieved GFLOP/s and share of the SGEMM peak, peak RSS vs "
@@ -37,7 +42,10 @@ static void usage(FILE *f) {
         "          1.3x memory budget, for LoRA r16 on all seven projections of random weights of the "
         "preset\n"
         "  sample  generated tokens/s at batch 1 and 16 with the KV cache vs the memory-bandwidth bound\n"
-        "Defaults: --preset smollm2-135m --batch 4 --seq 128 --steps 3, threads = OpenMP's default.\n"
+        "  rl      one RL step split into sampling / scoring / training ms: --batch completions (default 8) "
+        "of\n"
+        "          32 tokens after a 32-token prompt, then an importance_sampling update on them\n"
+        "Defaults: --preset smollm2-135m --batch 4 (rl: 8) --seq 128 --steps 3, threads = OpenMP's default.\n"
         "Presets: smollm2-135m (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536, vocab 49152,\n"
         "tied), tiny (hidden 64, 2 layers, vocab 512; for smoke tests).\n",
         f);
@@ -353,6 +361,116 @@ fail:
     return EXIT_FAIL;
 }
 
+/* One RL step, timed by phase (see the header). */
+static int bench_rl(const bench_opts *o) {
+    lt_err err = {0};
+    eng_model *m = bench_model(o, &err);
+    if (!m) {
+        fprintf(stderr, "lathe bench rl: %s\n", err.msg);
+        return EXIT_FAIL;
+    }
+    eng_engine *e = eng_from_model(m, o->preset);
+    enum { P = 32, GEN = 32 };
+    const int G = o->batch;
+    int prompt[P];
+    uint64_t s = 11;
+    for (int i = 0; i < P; i++)
+        prompt[i] = (int)(eng_rng_next(&s) % (uint64_t)m->V);
+    size_t cap = (size_t)G * (P + GEN);
+    int *tok = malloc(cap * sizeof(int)), *tg = malloc(cap * sizeof(int));
+    float *adv = calloc(cap, sizeof(float)), *lq = calloc(cap, sizeof(float));
+    eng_datum *d = calloc((size_t)G, sizeof(eng_datum));
+    double *reward = calloc((size_t)G, sizeof(double));
+    if (!tok || !tg || !adv || !lq || !d || !reward) abort();
+    eng_adam_params ap;
+    eng_adam_params_default(&ap);
+    ap.eps = 1e-8f;
+    double t_sample = 0, t_score = 0, t_train = 0;
+    long sampled = 0, trained = 0;
+    int rc = EXIT_FAIL;
+    for (int st = -1; st < o->steps; st++) { /* step -1 warms up */
+        eng_sample_params sp;
+        eng_sample_params_default(&sp);
+        sp.max_tokens = GEN, sp.num_samples = G, sp.seed = (uint64_t)(st + 2);
+        eng_sample_result r;
+        double t0 = lt_mono_s();
+        if (eng_engine_sample(e, prompt, P, &sp, 1, NULL, &r, &err)) goto done;
+        double t1 = lt_mono_s();
+        double mean = 0;
+        for (int g = 0; g < r.n; g++) {
+            int even = 0;
+            for (int i = 0; i < r.seqs[g].n; i++)
+                even += r.seqs[g].tokens[i] % 2 == 0;
+            reward[g] = r.seqs[g].n ? (double)even / r.seqs[g].n : 0;
+            mean += reward[g] / r.n;
+        }
+        size_t off = 0;
+        long ntrain = 0;
+        for (int g = 0; g < r.n; g++) {
+            const eng_sequence *q = &r.seqs[g];
+            int n = P + q->n - 1; /* model input: prompt + completion without its last token */
+            for (int i = 0; i < n; i++) {
+                tok[off + i] = i < P ? prompt[i] : q->tokens[i - P];
+                tg[off + i] = i + 1 < P ? prompt[i + 1] : q->tokens[i + 1 - P];
+                int sampled_pos = i >= P - 1;
+                adv[off + i] = sampled_pos ? (float)(reward[g] - mean) : 0.0f;
+                lq[off + i] = sampled_pos ? q->logprobs[i + 1 - P] : 0.0f;
+            }
+            d[g] = (eng_datum){.tokens = tok + off,
+                               .n = n,
+                               .targets = tg + off,
+                               .advantages = adv + off,
+                               .logprobs = lq + off};
+            off += (size_t)n;
+            ntrain += n;
+        }
+        double t2 = lt_mono_s();
+        double loss;
+        int bad = eng_forward_backward(e, d, r.n, "importance_sampling", NULL, 0, NULL, &loss, &err) ||
+                  eng_optim_step(e, &ap, &err);
+        double t3 = lt_mono_s();
+        long nsampled = 0;
+        for (int g = 0; g < r.n; g++)
+            nsampled += r.seqs[g].n;
+        eng_sample_result_free(&r);
+        if (bad) goto done;
+        if (st < 0) continue;
+        t_sample += t1 - t0, t_score += t2 - t1, t_train += t3 - t2;
+        sampled += nsampled, trained += ntrain;
+    }
+    double n = o->steps, total = t_sample + t_score + t_train;
+    if (o->json) {
+        json_t *j =
+            json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i}", "bench", "rl", "preset", o->preset, "group", G,
+                      "prompt_tokens", P, "max_new_tokens", GEN, "threads", o->threads, "steps", o->steps);
+        json_object_set_new(j, "ms_per_step", json_real(total / n * 1e3));
+        json_object_set_new(j, "ms_by_phase",
+                            json_pack("{s:f, s:f, s:f}", "sampling", t_sample / n * 1e3, "scoring",
+                                      t_score / n * 1e3, "training", t_train / n * 1e3));
+        json_object_set_new(j, "sampled_tokens_per_s", json_real(sampled / t_sample));
+        json_object_set_new(j, "trained_tokens_per_s", json_real(trained / t_train));
+        print_json(j);
+    } else {
+        printf(
+            "rl: preset %s, %d completions x %d tokens after a %d-token prompt, LoRA r16, %d thread(s), %d "
+            "steps\n",
+            o->preset, G, GEN, P, o->threads, o->steps);
+        printf("  %-28s %10.1f ms  (%4.1f %%)  %8.1f sampled tokens/s (one batched decode)\n", "sampling",
+               t_sample / n * 1e3, 100 * t_sample / total, sampled / t_sample);
+        printf("  %-28s %10.2f ms  (%4.1f %%)\n", "scoring + advantages", t_score / n * 1e3,
+               100 * t_score / total);
+        printf("  %-28s %10.1f ms  (%4.1f %%)  %8.1f trained tokens/s (forward_backward + optim_step)\n",
+               "training", t_train / n * 1e3, 100 * t_train / total, trained / t_train);
+        printf("  %-28s %10.1f ms\n", "step", total / n * 1e3);
+    }
+    rc = EXIT_OK;
+done:
+    if (rc) fprintf(stderr, "lathe bench rl: %s\n", err.msg);
+    free(tok), free(tg), free(adv), free(lq), free(d), free(reward);
+    eng_close(e);
+    return rc;
+}
+
 static int parse_pos(const char *opt, const char *v, int *out) {
     char *end;
     errno = 0;
@@ -366,7 +484,7 @@ static int parse_pos(const char *opt, const char *v, int *out) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    bench_opts o = {.preset = "smollm2-135m", .batch = 4, .seq = 128, .steps = 3};
+    bench_opts o = {.preset = "smollm2-135m", .batch = 0, .seq = 128, .steps = 3};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -411,11 +529,13 @@ int cmd_bench(int argc, char **argv) {
         usage(stderr);
         return EXIT_USAGE;
     }
+    if (!o.batch) o.batch = strcmp(o.what, "rl") ? 4 : 8;
     eng_set_threads(o.threads);
     o.threads = omp_get_max_threads();
     if (!strcmp(o.what, "gemm")) return bench_gemm(&o);
     if (!strcmp(o.what, "train")) return bench_train(&o);
     if (!strcmp(o.what, "sample")) return bench_sample(&o);
-    fprintf(stderr, "lathe bench: unknown benchmark '%s' (gemm, train or sample)\n", o.what);
+    if (!strcmp(o.what, "rl")) return bench_rl(&o);
+    fprintf(stderr, "lathe bench: unknown benchmark '%s' (gemm, train, sample or rl)\n", o.what);
     return EXIT_USAGE;
 }

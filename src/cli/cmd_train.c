@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -227,6 +228,34 @@ static int wait_and_report(lc_client *c, const lc_args *a, const char *job_id) {
  * ==========================================================================================================
  */
 
+static int watch_job(lc_client *c, const char *job_id, int json, double deadline_s, json_t **job_out,
+                     int *closed, int *timed_out);
+
+/* --wait without --json: the live progress of watch, then the final metrics and the adapter hint; polls
+ * instead when the event stream closes early. Exit 0 only for completed. */
+static int wait_live(lc_client *c, const lc_args *a, const char *job_id) {
+    const char *to = lc_arg(a, "timeout-sec");
+    double timeout = to ? atof(to) : 0;
+    json_t *job = NULL;
+    int closed, timed_out;
+    int rc = watch_job(c, job_id, 0, timeout, &job, &closed, &timed_out);
+    if (timed_out) {
+        fprintf(stderr, "lathe: gave up waiting for job %s after %.0fs\n", job_id, timeout);
+        return EXIT_FAIL;
+    }
+    if (closed) {
+        fprintf(stderr, "lathe: the event stream of job %s closed early; polling it instead\n", job_id);
+        return wait_and_report(c, a, job_id);
+    }
+    if (job && rc == EXIT_FAIL) {
+        const char *e = json_string_value(json_object_get(job, "error"));
+        fprintf(stderr, "lathe: training job %s ended with status %s%s%s\n", job_id, jstr(job, "status"),
+                e ? ": " : "", e ? e : "");
+    }
+    json_decref(job);
+    return rc;
+}
+
 enum { K_INT, K_NUM, K_STR, K_REF, K_REFLIST, K_STRLIST, K_RECIPE };
 
 /* Every config knob of SPEC §4.4, by flag. A verb only sees the flags in its own option table. */
@@ -400,7 +429,7 @@ static int submit(lc_client *c, const lc_args *a, const char *backend, const cha
         snprintf(idbuf, sizeof idbuf, "%s", id);
         fprintf(stderr, "lathe: submitted training job %s\n", idbuf);
         json_decref(job);
-        return wait_and_report(c, a, idbuf);
+        return lc_flag(a, "json") ? wait_and_report(c, a, idbuf) : wait_live(c, a, idbuf);
     }
     if (lc_flag(a, "json")) {
         lc_print_json(stdout, job);
@@ -739,37 +768,128 @@ static int v_catalog(lc_client *c, const lc_args *a, const char *g) {
 
 /* ============================================================================================================
  * watch: the event stream
+ *
+ * On a terminal, progress is one line redrawn in place (\r): `step 12/60 [#####     ] loss 2.3100  412 tok/s
+ * ETA 8s`; status changes and log lines (eval, checkpoints, warnings) are printed above it. When stdout is
+ * not a terminal, progress is plain lines: the first step, the last, and at most one every WATCH_PLAIN_S
+ * seconds in between. The per-step log entries (event_type step_complete) are left out: the progress line
+ * shows them. At the end: the status, the final scalar metrics and, when the job has an adapter, how to
+ * download it.
  * ==========================================================================================================
  */
 
+#define WATCH_PLAIN_S 2.0 /* seconds between plain progress lines */
+#define WATCH_BAR 24      /* cells of the bar */
+
 typedef struct watch {
     int json;
+    int tty;  /* stdout is a terminal: one redrawn progress line */
+    int cols; /* its width */
+    const char *job_id;
     char status[32];
     int ended;
     json_t *final_job;
+    char line[512]; /* the progress line on screen (tty) or not yet printed (plain) */
+    int shown;      /* tty: line is on screen; plain: line was printed */
+    long last_step; /* step of the last progress line composed */
+    double last_print;
+    double deadline; /* > 0: stop reading at this lt_mono_s() (--wait --timeout-sec) */
+    int timed_out;
 } watch;
 
-static void watch_progress(const json_t *d) {
+/* Composes the progress line of a `progress` event (or a job object) into w->line. Returns the step, or -1
+ * when the event has no step yet. */
+static long compose_progress(watch *w, const json_t *d, long *total) {
     const json_t *p = json_object_get(d, "progress");
     if (!json_is_object(p)) p = d;
     const json_t *m = json_object_get(d, "metrics");
     json_t *step = json_object_get(p, "step"), *tot = json_object_get(p, "total_steps");
     double s = json_is_integer(step) ? (double)json_integer_value(step) : jnum_last(m, "steps");
-    if (isfinite(s)) printf("step %.0f", s);
-    if (json_is_integer(tot)) printf("/%lld", (long long)json_integer_value(tot));
+    *total = json_is_integer(tot) ? (long)json_integer_value(tot) : 0;
+    if (!isfinite(s) || s < 1) return -1;
+    strbuf b = STRBUF_INIT;
+    sb_printf(&b, "step %.0f", s);
+    if (*total > 0) {
+        sb_printf(&b, "/%ld", *total);
+        if (w->tty) {
+            double f = s / (double)*total;
+            int fill = (int)lround((f > 1 ? 1 : f) * WATCH_BAR);
+            sb_puts(&b, " [");
+            for (int i = 0; i < WATCH_BAR; i++)
+                sb_putc(&b, i < fill ? '#' : ' ');
+            sb_putc(&b, ']');
+        }
+    }
     double loss = jnum_last(m, "train/loss"), reward = jnum_last(m, "train/reward");
     double tps = json_is_number(json_object_get(p, "tokens_per_s"))
                      ? json_number_value(json_object_get(p, "tokens_per_s"))
                      : jnum_last(m, "train/tokens_per_s");
     double eta =
         json_is_number(json_object_get(p, "eta_s")) ? json_number_value(json_object_get(p, "eta_s")) : NAN;
-    if (isfinite(loss)) printf("  loss %.4f", loss);
-    if (isfinite(reward)) printf("  reward %.4f", reward);
-    if (isfinite(tps)) printf("  %.0f tok/s", tps);
-    char e[32];
-    fmt_duration(e, sizeof e, eta);
-    if (isfinite(eta)) printf("  ETA %s", e);
-    putchar('\n');
+    if (isfinite(loss)) sb_printf(&b, "  loss %.4f", loss);
+    if (isfinite(reward)) sb_printf(&b, "  reward %.4f", reward);
+    if (isfinite(tps)) sb_printf(&b, "  %.0f tok/s", tps);
+    if (isfinite(eta)) {
+        char e[32];
+        fmt_duration(e, sizeof e, eta);
+        sb_printf(&b, "  ETA %s", e);
+    }
+    snprintf(w->line, sizeof w->line, "%s", b.buf ? b.buf : "");
+    sb_free(&b);
+    return (long)s;
+}
+
+/* tty: redraws the progress line, cut to the terminal width. */
+static void draw_bar(watch *w) {
+    int max = w->cols > 1 ? w->cols - 1 : 79;
+    printf("\r%.*s\033[K", max, w->line);
+    fflush(stdout);
+    w->shown = 1;
+}
+
+/* Before printing a whole line: clears the tty progress line, or prints a plain line held back. */
+static void before_line(watch *w) {
+    if (w->tty && w->shown) {
+        fputs("\r\033[K", stdout);
+    } else if (!w->tty && !w->shown && w->line[0]) {
+        printf("%s\n", w->line);
+        w->shown = 1;
+        w->last_print = lt_mono_s();
+    }
+}
+
+/* After a whole line: the tty progress line comes back under it. */
+static void after_line(watch *w) {
+    if (w->tty && w->shown) draw_bar(w);
+    fflush(stdout);
+}
+
+/* Leaves the progress for good: the tty line is kept (newline), a held-back plain line is printed. */
+static void end_progress(watch *w) {
+    if (w->tty && w->shown) {
+        putchar('\n');
+        w->shown = 0;
+    } else if (!w->tty) {
+        before_line(w);
+    }
+    fflush(stdout);
+}
+
+static void watch_progress(watch *w, const json_t *d) {
+    long total;
+    long step = compose_progress(w, d, &total);
+    if (step < 0) return;
+    if (w->tty) {
+        w->last_step = step;
+        draw_bar(w);
+        return;
+    }
+    if (step == w->last_step) return; /* an eval or checkpoint event of a step already shown */
+    int first = w->last_step <= 0;
+    w->last_step = step;
+    w->shown = 0; /* a new line, held back until it is due */
+    double now = lt_mono_s();
+    if (first || (total > 0 && step >= total) || now - w->last_print >= WATCH_PLAIN_S) before_line(w);
     fflush(stdout);
 }
 
@@ -783,6 +903,18 @@ static void print_final_metrics(const json_t *job) {
         if (!any++) printf("final metrics:\n");
         printf("  %-28s %g\n", k, json_number_value(v));
     }
+}
+
+/* Where the trained adapter is and how to get it (SPEC §4.6 artifacts.adapter). */
+static void print_adapter_hint(const json_t *job) {
+    const json_t *ad = json_object_get(json_object_get(job, "artifacts"), "adapter");
+    if (!json_is_object(ad)) return;
+    const char *ck = json_string_value(json_object_get(ad, "checkpoint"));
+    printf("adapter: %s, checkpoint %s\n", jstr(ad, "format"), ck ? ck : "final");
+    int other = ck && strcmp(ck, "final"); /* pull takes final by default */
+    printf("  download it with: lathe train pull %s DIR%s%s\n", jstr(job, "id"),
+           other ? " --checkpoint " : "", other ? ck : "");
+    if (json_is_string(json_object_get(ad, "download"))) printf("  (or GET %s)\n", jstr(ad, "download"));
 }
 
 static int on_watch_event(void *ud, const char *event, const char *data, size_t len, const char *id) {
@@ -805,27 +937,55 @@ static int on_watch_event(void *ud, const char *event, const char *data, size_t 
             printf("job %s (%s/%s, %s): %s\n", jstr(job, "id"), jstr(job, "backend"),
                    jstr(job, "trainer_type"), jstr(job, "model"), w->status);
             fflush(stdout);
+            if (!strcmp(w->status, "running")) watch_progress(w, job);
         }
         if (!strcmp(event, "end")) {
             w->ended = 1;
             if (json_is_object(job) && json_object_get(job, "metrics")) w->final_job = json_incref(job);
         }
-    } else if (!w->json && !strcmp(event, "progress")) {
-        watch_progress(d);
+    } else if (!strcmp(event, "progress")) {
+        const char *st = json_string_value(json_object_get(d, "status"));
+        if (st && strcmp(st, w->status)) {
+            snprintf(w->status, sizeof w->status, "%s", st);
+            if (!w->json && !is_terminal(st)) {
+                before_line(w);
+                printf("job %s is %s\n", w->job_id, st);
+                after_line(w);
+            }
+        }
+        if (!w->json) watch_progress(w, d);
     } else if (!w->json && !strcmp(event, "log")) {
-        printf("  [%s] %s\n", jstr(d, "level"), jstr(d, "message"));
-        fflush(stdout);
+        const char *et = json_string_value(json_object_get(json_object_get(d, "data"), "event_type"));
+        if (!et || strcmp(et, "step_complete")) {
+            before_line(w);
+            printf("  [%s] %s\n", jstr(d, "level"), jstr(d, "message"));
+            after_line(w);
+        }
     }
     json_decref(d);
-    return w->ended; /* stop reading after `end` */
+    if (w->deadline > 0 && !w->ended && lt_mono_s() >= w->deadline) w->timed_out = 1;
+    return w->ended || w->timed_out; /* stop reading after `end` */
 }
 
-static int v_watch(lc_client *c, const lc_args *a, const char *g) {
-    const char *job_id = a->pos[0];
+/* Follows job_id's event stream until the job ends (or deadline_s > 0 passes), printing as described above
+ * (or one JSON object per event with json). *job_out (may be NULL) gets the final job. Returns EXIT_OK when
+ * the job ended completed; EXIT_FAIL when it ended otherwise, or the stream closed first (*closed set: the
+ * caller may poll instead), or the deadline passed (*timed_out set); another exit code for call errors. */
+static int watch_job(lc_client *c, const char *job_id, int json, double deadline_s, json_t **job_out,
+                     int *closed, int *timed_out) {
     strbuf path = STRBUF_INIT;
     lc_ws_path(&path, c);
     job_path(&path, job_id, "/events");
-    watch w = {.json = lc_flag(a, "json")};
+    if (deadline_s > 0) sb_puts(&path, "?heartbeat=1"); /* an event a second, to notice the deadline */
+    watch w = {.json = json, .job_id = job_id, .cols = 80};
+    w.tty = !json && isatty(STDOUT_FILENO);
+    if (w.tty) {
+        struct winsize ws;
+        if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) w.cols = ws.ws_col;
+    }
+    if (deadline_s > 0) w.deadline = lt_mono_s() + deadline_s;
+    if (job_out) *job_out = NULL;
+    *closed = *timed_out = 0;
     lc_sse p;
     lc_sse_init(&p, on_watch_event, &w);
     lc_resp r;
@@ -833,6 +993,7 @@ static int v_watch(lc_client *c, const lc_args *a, const char *g) {
     int rc = lc_stream(c, path.buf, &p, &r, &err);
     sb_free(&path);
     lc_sse_free(&p);
+    if (!w.json) end_progress(&w);
     if (rc) {
         lc_resp_free(&r);
         json_decref(w.final_job);
@@ -843,9 +1004,15 @@ static int v_watch(lc_client *c, const lc_args *a, const char *g) {
     if (r.status < 200 || r.status >= 300) {
         rc = lc_print_error(stderr, "watch training job", &r);
         lc_resp_free(&r);
+        json_decref(w.final_job);
         return rc;
     }
     lc_resp_free(&r);
+    if (w.timed_out) {
+        json_decref(w.final_job);
+        *timed_out = 1;
+        return EXIT_FAIL;
+    }
     /* the stream may end without `end` (server restart): ask for the job itself */
     json_t *job = w.final_job;
     if (!job || !is_terminal(w.status)) {
@@ -856,20 +1023,34 @@ static int v_watch(lc_client *c, const lc_args *a, const char *g) {
         snprintf(w.status, sizeof w.status, "%s", jstr(job, "status"));
     }
     if (!is_terminal(w.status)) {
-        fprintf(
-            stderr,
-            "lathe train watch: the event stream closed while job %s is %s; run the command again to go on\n",
-            job_id, w.status);
         json_decref(job);
+        *closed = 1;
         return EXIT_FAIL;
     }
     if (!w.json) {
         printf("job %s %s\n", job_id, w.status);
         if (json_is_string(json_object_get(job, "error"))) printf("error: %s\n", jstr(job, "error"));
         print_final_metrics(job);
+        if (!strcmp(w.status, "completed")) print_adapter_hint(job);
+        fflush(stdout);
     }
-    json_decref(job);
+    if (job_out)
+        *job_out = job;
+    else
+        json_decref(job);
     return !strcmp(w.status, "completed") ? EXIT_OK : EXIT_FAIL;
+}
+
+static int v_watch(lc_client *c, const lc_args *a, const char *g) {
+    const char *job_id = a->pos[0];
+    int closed, timed_out;
+    int rc = watch_job(c, job_id, lc_flag(a, "json"), 0, NULL, &closed, &timed_out);
+    if (closed)
+        fprintf(stderr,
+                "lathe train watch: the event stream closed before job %s ended; run the command again to go "
+                "on\n",
+                job_id);
+    return rc;
 }
 
 /* ============================================================================================================

@@ -113,3 +113,7 @@ def test_bench_tiny_json():
     assert set(r["ms_by_phase"]) == {"gemm", "attention", "norms_rope_act", "head_loss", "optimizer", "other"}
     s = json.loads(run("bench", "sample", "--preset", "tiny", "--threads", "1", "--json").stdout)
     assert s["tokens_per_s_batch1"] > 0 and s["tokens_per_s_batch16"] > 0 and s["copy_bandwidth_gbs"] > 0
+    r = json.loads(run("bench", "rl", "--preset", "tiny", "--batch", "4", "--steps", "1", "--threads", "1",
+                       "--json").stdout)
+    assert r["group"] == 4 and set(r["ms_by_phase"]) == {"sampling", "scoring", "training"}
+    assert r["sampled_tokens_per_s"] > 0 and r["trained_tokens_per_s"] > 0
