@@ -145,6 +145,30 @@ def test_rl_jobs_run_with_their_artifacts(lathe_server):
         assert a["task"] == "add@1.0.0" and a["prompt_dataset"] == "pairs@0.1.0" and a["execution_mode"] == mode, a
         assert a["capability"] == "assistant@1.0.0" and a["latest_checkpoint"] == "final"
         assert a["adapter"]["checkpoint"] == "final" and "final" in a["checkpoints"]
+        assert j["metrics"]["train/num_examples"] == 8  # the train split (the dataset has no other)
+
+
+def test_rl_prompt_split_picks_the_rows(lathe_server):
+    s = lathe_server()
+    make_model(s)
+    push(s, "datasets", {"dataset.yaml": "name: split\nversion: 0.1.0\nformat: jsonl\nsplits:\n  train: train.jsonl\n"
+                         "  hard: hard.jsonl\n", "train.jsonl": jsonl(pair_rows(8)),
+                         "hard.jsonl": jsonl(pair_rows(3, start=500))})
+    push_data(s)  # the capability
+    body = {"backend": "tinker", "trainer_type": "rl", "model": "tiny",
+            "capability_ref": {"name": "assistant", "version": "1.0.0"},
+            "config": {"algorithm": "importance_sampling", "prompt_dataset_ref": {"name": "split", "version": "0.1.0"},
+                       "reward_recipe": {"name": "exact_match_v1"}, "steps": 1, "num_rollouts": 2, "batch_size": 2,
+                       "max_new_tokens": 4}}
+    for split, n in ((None, 8), ("hard", 3)):
+        if split:
+            body["config"]["prompt_split"] = split
+        r = s.post(JOBS, json=body)
+        assert r.status_code == 201, r.text
+        j = wait_done(s, r.json()["id"])
+        assert j["status"] == "completed", j["error"]
+        assert j["metrics"]["train/num_examples"] == n, (split, j["metrics"])
+        assert any("%d prompts" % n in l["message"] for l in logs(s, j["id"])), split
 
 
 # ---- failures ----
