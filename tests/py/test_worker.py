@@ -148,6 +148,30 @@ def test_rl_jobs_run_with_their_artifacts(lathe_server):
         assert j["metrics"]["train/num_examples"] == 8  # the train split (the dataset has no other)
 
 
+def test_sft_trains_on_every_row_shape(lathe_server):
+    s = lathe_server()
+    make_model(s)
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]},
+        {"messages": [{"role": "user", "content": "Weather in Oslo?"},
+                      {"role": "assistant", "content": "", "tool_calls": [
+                          {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
+                      {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+                      {"role": "assistant", "content": "Rain."}]},
+        {"question": "2+2?", "answer": "4"},
+        {"steps": [{"step_id": 1, "source": "user", "message": "List files."},
+                   {"step_id": 2, "source": "agent", "message": "", "reasoning_content": "use ls",
+                    "tool_calls": [{"tool_call_id": "t1", "function_name": "bash", "arguments": {"cmd": "ls"}}],
+                    "observation": {"results": [{"source_call_id": "t1", "content": "a.txt"}]}},
+                   {"step_id": 3, "source": "agent", "message": "One file: a.txt."}], "success": True},
+    ]
+    push_data(s, train=rows, val=rows[:1], name="shapes")
+    job = wait_done(s, create(s, dataset="shapes", steps=2, checkpoint_interval=2)["id"])
+    assert job["status"] == "completed", job["error"]
+    assert job["metrics"]["train/num_examples"] == 4, job["metrics"]
+    assert all(x > 0 for x in job["metrics"]["train/num_tokens"])
+
+
 def test_rl_prompt_split_picks_the_rows(lathe_server):
     s = lathe_server()
     make_model(s)
