@@ -70,7 +70,8 @@ def test_train_sft_local_writes_checkpoints_and_adapter(tiny, data, tmp_path):
 
 def test_train_sft_errors(tiny, tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"nothing": 1}\n')
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                   '{"nothing": 1}\n')
     p = run("train", "sft", "--model", str(tiny), "--data", str(bad), "--out", str(tmp_path / "o"), ok=False)
     assert p.returncode == 1
     assert "line 2" in p.stderr and "accepted shapes" in p.stderr
