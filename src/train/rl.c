@@ -140,34 +140,6 @@ struct rl_run {
 
 /* ---- knobs ---- */
 
-static int knob_l(const json_t *eff, const char *key, long dflt, long lo, long hi, long *out, lt_err *err) {
-    const json_t *v = json_object_get(eff, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return 0;
-    }
-    double x = json_is_integer(v) ? (double)json_integer_value(v)
-               : json_is_real(v)  ? json_real_value(v)
-                                  : NAN;
-    if (!(x >= (double)lo && x <= (double)hi) || x != floor(x))
-        return lt_err_set(err, 422, "effective_config.%s must be an integer in %ld..%ld", key, lo, hi);
-    *out = (long)x;
-    return 0;
-}
-
-static int knob_d(const json_t *eff, const char *key, double dflt, double lo, double hi, double *out,
-                  lt_err *err) {
-    const json_t *v = json_object_get(eff, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return 0;
-    }
-    if (!json_is_number(v) || !(json_number_value(v) >= lo && json_number_value(v) <= hi))
-        return lt_err_set(err, 422, "effective_config.%s must be a number in %g..%g", key, lo, hi);
-    *out = json_number_value(v);
-    return 0;
-}
-
 static const char *jstr(const json_t *o, const char *k) {
     return json_string_value(json_object_get(o, k));
 }
@@ -205,22 +177,22 @@ static int parse_cfg(const tr_inputs *in, rl_cfg *c, lt_err *err) {
         return lt_err_set(err, 422, "config.execution_mode '%.40s' is not one of %s", mode,
                           c->grpo ? "async, colocated, distributed"
                                   : "sync, one_step_off_async, fully_async");
-    if (knob_l(eff, "steps", 1, 1, 10000000, &c->steps, err) ||
-        knob_d(eff, "learning_rate", c->grpo ? 1e-5 : 1e-4, 1e-30, 1, &c->lr, err) ||
-        knob_l(eff, "lora_rank", 16, 1, 512, &c->rank, err) ||
-        knob_d(eff, "lora_alpha", 32, 1e-30, 4096, &c->alpha, err) ||
-        knob_l(eff, "num_rollouts", 8, 1, 65536, &c->group, err) ||
-        knob_l(eff, "batch_size", c->grpo ? 8 : (c->group < 8 ? c->group : 8), 1, 65536, &c->batch, err) ||
-        knob_l(eff, "weight_sync_interval", 1, 1, 1L << 40, &c->wsync, err) ||
-        knob_l(eff, "max_steps_off_policy", c->mode == MODE_SYNC ? 0 : 1, 0, 1L << 40, &c->max_off, err) ||
-        knob_l(eff, "max_new_tokens", 0, 0, 1L << 30, &c->max_new, err) ||
-        knob_d(eff, "temperature", 1.0, 0, 2, &c->temp, err) ||
-        knob_l(eff, "checkpoint_interval", c->steps, 1, 1L << 40, &c->ckpt_interval, err) ||
-        knob_l(eff, "eval_interval", 10, 1, 1L << 40, &c->eval_interval, err) ||
-        knob_l(eff, "num_rollout_workers", 1, 1, 4096, &c->workers, err))
+    if (tr_knob_l(eff, "steps", 1, 1, 10000000, &c->steps, err) ||
+        tr_knob_d(eff, "learning_rate", c->grpo ? 1e-5 : 1e-4, 0, 1, 1, &c->lr, err) ||
+        tr_knob_l(eff, "lora_rank", 16, 1, 512, &c->rank, err) ||
+        tr_knob_d(eff, "lora_alpha", 32, 0, 1, 4096, &c->alpha, err) ||
+        tr_knob_l(eff, "num_rollouts", 8, 1, 65536, &c->group, err) ||
+        tr_knob_l(eff, "batch_size", c->grpo ? 8 : (c->group < 8 ? c->group : 8), 1, 65536, &c->batch, err) ||
+        tr_knob_l(eff, "weight_sync_interval", 1, 1, 1L << 40, &c->wsync, err) ||
+        tr_knob_l(eff, "max_steps_off_policy", c->mode == MODE_SYNC ? 0 : 1, 0, 1L << 40, &c->max_off, err) ||
+        tr_knob_l(eff, "max_new_tokens", 0, 0, 1L << 30, &c->max_new, err) ||
+        tr_knob_d(eff, "temperature", 1.0, 0, 0, 2, &c->temp, err) ||
+        tr_knob_l(eff, "checkpoint_interval", c->steps, 1, 1L << 40, &c->ckpt_interval, err) ||
+        tr_knob_l(eff, "eval_interval", 10, 1, 1L << 40, &c->eval_interval, err) ||
+        tr_knob_l(eff, "num_rollout_workers", 1, 1, 4096, &c->workers, err))
         return -1;
-    if (knob_l(eff, "eval_max_rollouts", c->batch, 1, 1L << 30, &c->eval_max, err) ||
-        knob_l(eff, "buffer_size", c->batch, 1, 1L << 30, &c->buffer_size, err))
+    if (tr_knob_l(eff, "eval_max_rollouts", c->batch, 1, 1L << 30, &c->eval_max, err) ||
+        tr_knob_l(eff, "buffer_size", c->batch, 1, 1L << 30, &c->buffer_size, err))
         return -1;
     if (!c->grpo) {
         if (c->batch > c->group)
@@ -237,17 +209,6 @@ static int parse_cfg(const tr_inputs *in, rl_cfg *c, lt_err *err) {
 }
 
 /* ---- prompts ---- */
-
-static void row_where(const rows_set *rs, size_t i, char *buf, size_t n) {
-    size_t f = rs->file ? rs->file[i] : 0;
-    const char *file = f < rs->nfiles && rs->files && rs->files[f] ? rs->files[f] : "?";
-    const char *split = f < rs->nfiles && rs->splits && rs->splits[f] ? rs->splits[f] : "";
-    long line = rs->lines ? rs->lines[i] : 0;
-    if (split[0])
-        snprintf(buf, n, "split %s, file %s line %ld", split, file, line);
-    else
-        snprintf(buf, n, "file %s line %ld", file, line);
-}
 
 static void items_free(rl_items *s) {
     for (size_t i = 0; i < s->n; i++) {
@@ -270,7 +231,7 @@ static int add_items(rl_run *r, const rows_set *rs, const char *what, rl_items *
         json_t *arr = rows_rl_items(row, cap, instr, &e2);
         char where[512];
         if (!arr) {
-            row_where(rs, i, where, sizeof where);
+            tr_row_where(rs, i, where, sizeof where);
             int has = strstr(e2.msg, "accepted shapes") != NULL;
             return lt_err_set(err, 422, "%s %s: %s%s%s", what, where, e2.msg, has ? "" : "; ",
                               has ? "" : ROWS_ACCEPTED_SHAPES);
@@ -278,13 +239,13 @@ static int add_items(rl_run *r, const rows_set *rs, const char *what, rl_items *
         for (size_t k = 0; k < json_array_size(arr); k++) {
             json_t *it = json_array_get(arr, k);
             if (check_recipe && rw_check_item(r->rw, it, &e2)) {
-                row_where(rs, i, where, sizeof where);
+                tr_row_where(rs, i, where, sizeof where);
                 json_decref(arr);
                 return lt_err_set(err, 422, "%s %s: %s", what, where, e2.msg);
             }
             render_out ro = {0};
             if (render_chat(r->in->tok, r->kind, json_object_get(it, "messages"), 1, &ro, &e2)) {
-                row_where(rs, i, where, sizeof where);
+                tr_row_where(rs, i, where, sizeof where);
                 json_decref(arr);
                 return lt_err_set(err, 422, "%s %s: %s", what, where, e2.msg);
             }

@@ -47,18 +47,6 @@ static void set_free(sft_set *s) {
     memset(s, 0, sizeof *s);
 }
 
-/* "split S, file F line N" of row i. */
-static void row_where(const rows_set *rs, size_t i, char *buf, size_t n) {
-    size_t f = rs->file ? rs->file[i] : 0;
-    const char *file = f < rs->nfiles && rs->files[f] ? rs->files[f] : "?";
-    const char *split = f < rs->nfiles && rs->splits && rs->splits[f] ? rs->splits[f] : "";
-    long line = rs->lines ? rs->lines[i] : 0;
-    if (split[0])
-        snprintf(buf, n, "split %s, file %s line %ld", split, file, line);
-    else
-        snprintf(buf, n, "file %s line %ld", file, line);
-}
-
 /* The rows of rs as examples. what: "dataset NAME" / "eval dataset" for messages. */
 static int build_set(const rows_set *rs, const char *what, const tr_inputs *in, render_kind kind, int max_len,
                      sft_set *out, lt_err *err) {
@@ -72,7 +60,7 @@ static int build_set(const rows_set *rs, const char *what, const tr_inputs *in, 
         json_decref(conv);
         if (rc) {
             char where[512];
-            row_where(rs, i, where, sizeof where);
+            tr_row_where(rs, i, where, sizeof where);
             int has_shapes = strstr(e2.msg, "accepted shapes") != NULL;
             return lt_err_set(err, 422, "%s%s%s: %s%s%s", what, what[0] ? " " : "", where, e2.msg,
                               has_shapes ? "" : "; ", has_shapes ? "" : ROWS_ACCEPTED_SHAPES);
@@ -82,7 +70,7 @@ static int build_set(const rows_set *rs, const char *what, const tr_inputs *in, 
             wall += ro.weights[k];
         if (!(wall > 0)) { /* not a truncation: the row itself has nothing to learn */
             char where[512];
-            row_where(rs, i, where, sizeof where);
+            tr_row_where(rs, i, where, sizeof where);
             render_out_free(&ro);
             return lt_err_set(err, 422,
                               "%s%s%s: the row has no assistant answer to train on (SFT needs an assistant "
@@ -131,35 +119,6 @@ static void shuffle(size_t *perm, size_t n, uint64_t seed, long epoch) {
         size_t t = perm[i - 1];
         perm[i - 1] = perm[j], perm[j] = t;
     }
-}
-
-/* ---- knobs ---- */
-
-static int knob_l(const json_t *eff, const char *key, long dflt, long lo, long hi, long *out, lt_err *err) {
-    const json_t *v = json_object_get(eff, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return 0;
-    }
-    double x = json_is_integer(v) ? (double)json_integer_value(v)
-               : json_is_real(v)  ? json_real_value(v)
-                                  : NAN;
-    if (!(x >= (double)lo && x <= (double)hi) || x != floor(x))
-        return lt_err_set(err, 422, "effective_config.%s must be an integer in %ld..%ld", key, lo, hi);
-    *out = (long)x;
-    return 0;
-}
-
-static int knob_d(const json_t *eff, const char *key, double dflt, double hi, double *out, lt_err *err) {
-    const json_t *v = json_object_get(eff, key);
-    if (!v || json_is_null(v)) {
-        *out = dflt;
-        return 0;
-    }
-    double x = json_is_number(v) ? json_number_value(v) : NAN;
-    if (!(x > 0 && x <= hi)) return lt_err_set(err, 422, "effective_config.%s must be in (0, %g]", key, hi);
-    *out = x;
-    return 0;
 }
 
 /* ---- the run ---- */
@@ -364,15 +323,15 @@ int tr_sft_run(const tr_inputs *in, const tr_hooks *h, json_t **final_out, lt_er
     long steps = 0, epochs = 0, rank = 0, max_len = 0;
     double alpha = 0;
     const json_t *eff = in->eff;
-    if (knob_l(eff, "batch_size", 16, 1, 4096, &r.bs, err) ||
-        knob_l(eff, "gradient_accumulation_steps", 1, 1, 4096, &r.ga, err) ||
-        knob_d(eff, "learning_rate", 1e-4, 1, &r.lr, err) ||
-        knob_l(eff, "steps", 0, 1, 10000000, &steps, err) ||
-        knob_l(eff, "epochs", 0, 1, 10000, &epochs, err) ||
-        knob_l(eff, "lora_rank", 16, 1, 512, &rank, err) ||
-        knob_d(eff, "lora_alpha", 32, 4096, &alpha, err) ||
-        knob_l(eff, "max_sequence_length", 2048, 1, 1L << 30, &max_len, err) ||
-        knob_l(eff, "checkpoint_interval", 10, 1, 10000000, &r.interval, err))
+    if (tr_knob_l(eff, "batch_size", 16, 1, 4096, &r.bs, err) ||
+        tr_knob_l(eff, "gradient_accumulation_steps", 1, 1, 4096, &r.ga, err) ||
+        tr_knob_d(eff, "learning_rate", 1e-4, 0, 1, 1, &r.lr, err) ||
+        tr_knob_l(eff, "steps", 0, 1, 10000000, &steps, err) ||
+        tr_knob_l(eff, "epochs", 0, 1, 10000, &epochs, err) ||
+        tr_knob_l(eff, "lora_rank", 16, 1, 512, &rank, err) ||
+        tr_knob_d(eff, "lora_alpha", 32, 0, 1, 4096, &alpha, err) ||
+        tr_knob_l(eff, "max_sequence_length", 2048, 1, 1L << 30, &max_len, err) ||
+        tr_knob_l(eff, "checkpoint_interval", 10, 1, 10000000, &r.interval, err))
         return TR_FAILED;
     if (!in->base || !in->tok || !in->work_dir) {
         lt_err_set(err, 500, "the SFT trainer needs a base model, a tokenizer and a work dir");
@@ -429,7 +388,7 @@ int tr_sft_run(const tr_inputs *in, const tr_hooks *h, json_t **final_out, lt_er
         goto done;
     if (r.train.skipped) {
         char where[512];
-        row_where(in->train, (size_t)r.train.first_skip, where, sizeof where);
+        tr_row_where(in->train, (size_t)r.train.first_skip, where, sizeof where);
         if (tr_log(
                 h, "warning", err,
                 "%zu rows skipped: no assistant token to train on within max_sequence_length %ld (first: %s)",

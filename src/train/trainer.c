@@ -1,6 +1,7 @@
 /* trainer.c: helpers shared by the trainers (trainer.h): checkpoint directories, names, log lines. */
 #include "train/trainer.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,4 +66,45 @@ eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, dou
         return NULL;
     }
     return e;
+}
+
+int tr_knob_l(const json_t *eff, const char *key, long dflt, long lo, long hi, long *out, lt_err *err) {
+    const json_t *v = json_object_get(eff, key);
+    if (!v || json_is_null(v)) {
+        *out = dflt;
+        return 0;
+    }
+    double x = json_is_integer(v) ? (double)json_integer_value(v)
+               : json_is_real(v)  ? json_real_value(v)
+                                  : NAN;
+    if (!(x >= (double)lo && x <= (double)hi) || x != floor(x))
+        return lt_err_set(err, 422, "effective_config.%s must be an integer in %ld..%ld", key, lo, hi);
+    *out = (long)x;
+    return 0;
+}
+
+int tr_knob_d(const json_t *eff, const char *key, double dflt, double lo, int lo_open, double hi, double *out,
+              lt_err *err) {
+    const json_t *v = json_object_get(eff, key);
+    if (!v || json_is_null(v)) {
+        *out = dflt;
+        return 0;
+    }
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!((lo_open ? x > lo : x >= lo) && x <= hi))
+        return lt_err_set(err, 422, "effective_config.%s must be a number in %s%g, %g]", key,
+                          lo_open ? "(" : "[", lo, hi);
+    *out = x;
+    return 0;
+}
+
+void tr_row_where(const rows_set *rs, size_t i, char *buf, size_t n) {
+    size_t f = rs->file ? rs->file[i] : 0;
+    const char *file = f < rs->nfiles && rs->files && rs->files[f] ? rs->files[f] : "?";
+    const char *split = f < rs->nfiles && rs->splits && rs->splits[f] ? rs->splits[f] : "";
+    long line = rs->lines ? rs->lines[i] : 0;
+    if (split[0])
+        snprintf(buf, n, "split %s, file %s line %ld", split, file, line);
+    else
+        snprintf(buf, n, "file %s line %ld", file, line);
 }

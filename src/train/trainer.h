@@ -91,6 +91,13 @@ int tr_write_checkpoint(eng_engine *e, const char *dir, const char *model_id, co
  * in->init_adapter (its own rank and alpha; a log line says so), or a fresh LoRA adapter of rank/alpha seeded
  * by in->seed. NULL with err. */
 eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, double alpha, lt_err *err);
+/* A knob of the effective config: dflt when absent or null, else it must be an integer in lo..hi (a whole
+ * real is accepted) / a number in [lo, hi] or, with lo_open, (lo, hi]. 0, or -1 with err 422 naming it. */
+int tr_knob_l(const json_t *eff, const char *key, long dflt, long lo, long hi, long *out, lt_err *err);
+int tr_knob_d(const json_t *eff, const char *key, double dflt, double lo, int lo_open, double hi, double *out,
+              lt_err *err);
+/* "split S, file F line N" (or "file F line N") of row i of rs, for error messages. */
+void tr_row_where(const rows_set *rs, size_t i, char *buf, size_t n);
 /* "checkpoint-<k>-step<N>" into buf. */
 void tr_checkpoint_name(char *buf, size_t n, int k, long step);
 /* Sends a log line through h->event (level "debug"|"info"|"warning"|"error"). Returns the hook's result. */
