@@ -60,7 +60,8 @@ static serve_opt OPTS[] = {
     {"--worlds-url", "LATHE_WORLDS_URL", OPT_STR, "(none)",
      "environment (Worlds) backend for RL world_* fields", NULL},
     {"--threads", "LATHE_HTTP_THREADS", OPT_INT, "8", "HTTP worker threads", NULL},
-    {"--train-threads", "LATHE_TRAIN_THREADS", OPT_INT, "all cores", "engine threads per training job", NULL},
+    {"--train-threads", "LATHE_TRAIN_THREADS", OPT_INT, "cores / workers", "engine threads per training job",
+     NULL},
 };
 #define NOPTS ((int)(sizeof OPTS / sizeof OPTS[0]))
 
@@ -193,7 +194,7 @@ static int start_workers(api_ctx *ctx, int n, lt_err *err) {
                             .data_dir = ctx->data_dir,
                             .models_dir = ctx->models_dir,
                             .lease_s = ctx->cfg->lease_s,
-                            .threads = g_train_threads,
+                            .threads = g_train_threads ? g_train_threads : worker_default_threads(n),
                             .stopping = w_stopping,
                             .sleep = w_sleep,
                             .ud = ctx};

@@ -49,7 +49,7 @@ static void usage(FILE *f) {
         "(./lathe-data)\n"
         "  --db URL         LATHE_DB           store URL (sqlite:<data dir>/lathe.db)\n"
         "  --models-dir DIR LATHE_MODELS_DIR   base models (<data dir>/models)\n"
-        "  --threads N      LATHE_TRAIN_THREADS engine threads per job (the engine's default)\n"
+        "  --threads N      LATHE_TRAIN_THREADS engine threads per job (default: the cores / --workers)\n"
         "  --workers N      LATHE_WORKERS      worker loops in this process, each runs one job (1)\n"
         "  --lease-s S      LATHE_LEASE_S      job lease; renewed every S/3 s while a job runs (60)\n"
         "  --once                              run at most one job, exit when the queue is empty\n\n"
@@ -162,7 +162,7 @@ int cmd_worker(int argc, char **argv) {
                      .data_dir = data_dir,
                      .models_dir = models_dir,
                      .lease_s = (int)lease,
-                     .threads = (int)threads,
+                     .threads = threads ? (int)threads : worker_default_threads((int)workers),
                      .once = once,
                      .stopping = w_stopping,
                      .sleep = w_sleep};

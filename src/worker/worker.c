@@ -16,6 +16,7 @@
  * Errors that end a job: 422 (data the job cannot use) are reported verbatim; disk-full errors say what to
  * free; model-load errors name the weights (models.c); anything else keeps the trainer's message. */
 #include <dirent.h>
+#include <omp.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -532,4 +533,10 @@ int worker_loop(const worker_opts *o, int index) {
     }
     lt_log(LOG_INFO, "worker %s stopped after %d job(s)", wid, jobs);
     return jobs;
+}
+
+int worker_default_threads(int loops) {
+    if (loops <= 1) return 0;
+    int n = omp_get_num_procs() / loops;
+    return n > 0 ? n : 1;
 }

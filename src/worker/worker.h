@@ -65,4 +65,9 @@ typedef struct worker_model_stats {
 } worker_model_stats;
 void worker_model_stats_get(worker_model_stats *out);
 
+/* Engine threads per job when none were given: with one loop the engine's default (0: every core); with n
+ * loops in one process, the cores divided among them (at least 1), so concurrent jobs do not oversubscribe.
+ */
+int worker_default_threads(int loops);
+
 #endif

@@ -16,6 +16,8 @@
 #include "store/db.h"
 #include "store/jobs.h"
 #include "util/util.h"
+#include "worker/worker.h"
+#include <omp.h>
 
 #define ORG "00000000-0000-4000-8000-00000000000a"
 #define WS "00000000-0000-4000-8000-0000000000b1"
@@ -165,11 +167,23 @@ static void test_trim_metrics_keeps_steps_up_to_the_checkpoint(void **state) {
     assert_int_equal(err.code, 404);
 }
 
+/* Threads per job: one loop gets the engine default (every core); n loops split the cores, at least 1 each.
+ */
+static void test_default_threads_split_the_cores(void **state) {
+    (void)state;
+    int cores = omp_get_num_procs();
+    assert_int_equal(worker_default_threads(1), 0);
+    assert_int_equal(worker_default_threads(0), 0);
+    assert_int_equal(worker_default_threads(2), cores / 2 > 0 ? cores / 2 : 1);
+    assert_int_equal(worker_default_threads(cores + 1), 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_release_requeues_with_the_same_attempt),
         cmocka_unit_test(test_release_with_a_cancel_pending_cancels),
         cmocka_unit_test(test_trim_metrics_keeps_steps_up_to_the_checkpoint),
+        cmocka_unit_test(test_default_threads_split_the_cores),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
