@@ -586,10 +586,7 @@ static int write_ckpt(rl_run *r, const char *name, long step, lt_err *err) {
         rc = eng_save_state(r->sampler, sp, 0, NULL, err);
         free(sp);
     }
-    if (!rc && r->h && r->h->checkpoint && r->h->checkpoint(r->h->ud, name, step, dir, err)) {
-        if (err && !err->code) lt_err_set(err, 500, "the checkpoint hook failed for %s", name);
-        rc = -1;
-    }
+    if (!rc) rc = tr_publish_checkpoint(r->h, name, step, dir, err);
     free(dir), free(extra);
     return rc ? -1 : 0;
 }
@@ -602,25 +599,8 @@ static int numbered_ckpt(rl_run *r, long step, lt_err *err) {
 }
 
 static int resume(rl_run *r, long *start, lt_err *err) {
-    char *path = lt_path_join(r->in->resume_dir, "training_state.safetensors");
-    char *extra = NULL;
-    int rc = eng_load_state(r->learner, path, 1, &extra, err);
-    free(path);
-    if (rc) {
-        free(extra);
-        lt_err_prefix(err, "resuming from %s: ", r->in->resume_dir);
-        return -1;
-    }
-    json_t *x = extra ? json_loads(extra, 0, NULL) : NULL;
-    free(extra);
-    const char *tr = jstr(x, "trainer");
-    if (!json_is_object(x) || !tr || strcmp(tr, "rl") != 0 || !json_is_integer(json_object_get(x, "step"))) {
-        json_decref(x);
-        return lt_err_set(err, 500, "resuming from %s: the checkpoint was not written by the RL trainer",
-                          r->in->resume_dir);
-    }
-    *start = (long)json_integer_value(json_object_get(x, "step"));
-    r->nckpt = (int)json_integer_value(json_object_get(x, "checkpoints"));
+    json_t *x = tr_read_checkpoint(r->learner, r->in->resume_dir, "rl", start, &r->nckpt, err);
+    if (!x) return -1;
     r->rsum = json_number_value(json_object_get(x, "reward_sum"));
     r->rcount = (long)json_integer_value(json_object_get(x, "reward_count"));
     r->version = (long)json_integer_value(json_object_get(x, "model_version"));
@@ -633,7 +613,6 @@ static int resume(rl_run *r, long *start, lt_err *err) {
     json_t *ev = json_object_get(x, "eval_reward");
     if (json_is_number(ev)) r->eval_last = json_number_value(ev), r->have_eval = 1;
     json_decref(x);
-    if (*start < 0) return lt_err_set(err, 500, "resuming from %s: negative step", r->in->resume_dir);
     return 0;
 }
 

@@ -197,11 +197,8 @@ static char *extra_json(const sft_run *r, long step) {
 static int write_ckpt(sft_run *r, const char *name, long step, lt_err *err) {
     char *dir = lt_path_join(r->in->work_dir, name), *extra = extra_json(r, step);
     lt_rm_rf(dir); /* a leftover of an earlier attempt */
-    int rc = tr_write_checkpoint(r->e, dir, r->in->model_id, extra, err);
-    if (!rc && r->h && r->h->checkpoint && r->h->checkpoint(r->h->ud, name, step, dir, err)) {
-        if (err && !err->code) lt_err_set(err, 500, "the checkpoint hook failed for %s", name);
-        rc = -1;
-    }
+    int rc = tr_write_checkpoint(r->e, dir, r->in->model_id, extra, err) ||
+             tr_publish_checkpoint(r->h, name, step, dir, err);
     free(dir), free(extra);
     return rc ? -1 : 0;
 }
@@ -282,25 +279,8 @@ static json_t *final_metrics(const sft_run *r, long steps_done) {
 
 /* Loads in->resume_dir into r->e; *start = the step to continue after. */
 static int resume(sft_run *r, long *start, lt_err *err) {
-    char *path = lt_path_join(r->in->resume_dir, "training_state.safetensors");
-    char *extra = NULL;
-    int rc = eng_load_state(r->e, path, 1, &extra, err);
-    free(path);
-    if (rc) {
-        free(extra);
-        lt_err_prefix(err, "resuming from %s: ", r->in->resume_dir);
-        return -1;
-    }
-    json_t *x = extra ? json_loads(extra, 0, NULL) : NULL;
-    free(extra);
-    const char *tr = json_string_value(json_object_get(x, "trainer"));
-    if (!json_is_object(x) || !tr || strcmp(tr, "sft") != 0 || !json_is_integer(json_object_get(x, "step"))) {
-        json_decref(x);
-        return lt_err_set(err, 500, "resuming from %s: the checkpoint was not written by the SFT trainer",
-                          r->in->resume_dir);
-    }
-    *start = (long)json_integer_value(json_object_get(x, "step"));
-    r->nckpt = (int)json_integer_value(json_object_get(x, "checkpoints"));
+    json_t *x = tr_read_checkpoint(r->e, r->in->resume_dir, "sft", start, &r->nckpt, err);
+    if (!x) return -1;
     json_t *c = json_object_get(x, "cursor");
     r->cursor = json_is_integer(c) ? (size_t)json_integer_value(c) : (size_t)(*start * r->bs * r->ga);
     r->loss_steps = (long)json_integer_value(json_object_get(x, "loss_steps"));
@@ -312,7 +292,6 @@ static int resume(sft_run *r, long *start, lt_err *err) {
     if (json_is_number(el)) r->eval_last = json_number_value(el);
     r->ntok_total = (long)json_integer_value(json_object_get(x, "num_tokens_processed"));
     json_decref(x);
-    if (*start < 0) return lt_err_set(err, 500, "resuming from %s: negative step", r->in->resume_dir);
     return 0;
 }
 

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "util/util.h"
 
@@ -16,6 +17,39 @@ int tr_write_checkpoint(eng_engine *e, const char *dir, const char *model_id, co
     int rc = eng_save_state(e, state, 1, extra_json, err);
     free(state);
     return rc ? -1 : 0;
+}
+
+int tr_publish_checkpoint(const tr_hooks *h, const char *name, long step, const char *dir, lt_err *err) {
+    if (!h || !h->checkpoint || h->checkpoint(h->ud, name, step, dir, err) == 0) return 0;
+    if (err && !err->code) lt_err_set(err, 500, "the checkpoint hook failed for %s", name);
+    return -1;
+}
+
+json_t *tr_read_checkpoint(eng_engine *e, const char *dir, const char *trainer, long *step, int *nckpt,
+                           lt_err *err) {
+    char *path = lt_path_join(dir, "training_state.safetensors");
+    char *extra = NULL;
+    int rc = eng_load_state(e, path, 1, &extra, err);
+    free(path);
+    if (rc) {
+        free(extra);
+        lt_err_prefix(err, "resuming from %s: ", dir);
+        return NULL;
+    }
+    json_t *x = extra ? json_loads(extra, 0, NULL) : NULL;
+    free(extra);
+    const char *tr = json_string_value(json_object_get(x, "trainer"));
+    json_t *st = json_object_get(x, "step");
+    if (!json_is_object(x) || !tr || strcmp(tr, trainer) != 0 || !json_is_integer(st) ||
+        json_integer_value(st) < 0) {
+        json_decref(x);
+        lt_err_set(err, 500, "resuming from %s: the checkpoint was not written by the %s trainer", dir,
+                   trainer);
+        return NULL;
+    }
+    *step = (long)json_integer_value(st);
+    *nckpt = (int)json_integer_value(json_object_get(x, "checkpoints"));
+    return x;
 }
 
 void tr_checkpoint_name(char *buf, size_t n, int k, long step) {

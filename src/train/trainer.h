@@ -98,6 +98,13 @@ int tr_knob_d(const json_t *eff, const char *key, double dflt, double lo, int lo
               lt_err *err);
 /* "split S, file F line N" (or "file F line N") of row i of rs, for error messages. */
 void tr_row_where(const rows_set *rs, size_t i, char *buf, size_t n);
+/* Hands the checkpoint directory dir to h->checkpoint (nothing without a hook). 0, or -1 with err. */
+int tr_publish_checkpoint(const tr_hooks *h, const char *name, long step, const char *dir, lt_err *err);
+/* The other half of tr_write_checkpoint: loads dir/training_state.safetensors (with the optimizer) into e and
+ * returns its extra JSON object, after checking it was written by `trainer` ("sft" | "rl"); *step and *nckpt
+ * receive its step and checkpoint count. NULL with err (naming dir) otherwise. */
+json_t *tr_read_checkpoint(eng_engine *e, const char *dir, const char *trainer, long *step, int *nckpt,
+                           lt_err *err);
 /* "checkpoint-<k>-step<N>" into buf. */
 void tr_checkpoint_name(char *buf, size_t n, int k, long step);
 /* Sends a log line through h->event (level "debug"|"info"|"warning"|"error"). Returns the hook's result. */

@@ -1,6 +1,7 @@
 /* test_queue.c: the jobs store (src/store/jobs_sql.c) on a real SQLite file: create/list/quota, the state
  * machine (cancel, retry, delete), the queue (claim, lease, heartbeat, expiry re-queue), the progress merge
- * rule, the log cursor, and claim races: threads sharing one handle, and two processes with their own
+ * rule, the log cursor, what workers add (release on shutdown, cancel_requested, metrics trimmed on resume),
+ * and claim races: threads sharing one handle, and two processes with their own
  * connections, must never both win one job. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -494,6 +495,105 @@ static void test_base_job_is_protected(void **state) {
 /* ---- races ---- */
 
 #define RACE_JOBS 24
+/* ---- what workers add: release, cancel_requested, trim_metrics ---- */
+
+/* A new queued job, claimed by worker w1. */
+static void running_job(char id[LT_UUID_LEN]) {
+    new_job(WS, "sft", "t", "default", 0, id, 0);
+    char got[LT_UUID_LEN];
+    assert_int_equal(claim("w1", 60000, got), 1);
+    assert_string_equal(got, id);
+}
+
+static void test_release_requeues_with_the_same_attempt(void **state) {
+    char id[LT_UUID_LEN];
+    running_job(id);
+    lt_err err;
+    assert_int_equal(jobs_release(D, id, "w2", "w2 stopping", &err), -1);
+    assert_int_equal(err.code, 409);
+    assert_int_equal(jobs_release(D, id, "w1", "worker w1 is stopping", &err), 0);
+    json_t *job = get(id);
+    assert_string_equal(status_of(id), "queued");
+    assert_int_equal(json_integer_value(json_object_get(job, "attempt")), 1);
+    assert_true(json_is_null(json_object_get(job, "cancel_requested_at")));
+    assert_true(json_is_null(json_object_get(job, "completed_at")));
+    json_decref(job);
+    json_t *items = NULL;
+    int64_t next;
+    assert_int_equal(jobs_logs(D, id, 0, 100, 0, &items, &next, &err), 0);
+    const char *last =
+        json_string_value(json_object_get(json_array_get(items, json_array_size(items) - 1), "message"));
+    assert_non_null(strstr(last, "worker w1 is stopping: re-queued (attempt 1 kept)"));
+    json_decref(items);
+    /* released twice: no longer held */
+    assert_int_equal(jobs_release(D, id, "w1", NULL, &err), -1);
+    assert_int_equal(err.code, 409);
+    /* claimable again, by anyone */
+    char again[LT_UUID_LEN];
+    assert_int_equal(jobs_claim(D, "w3", 60000, again, &err), 1);
+    assert_string_equal(again, id);
+}
+
+static void test_release_with_a_cancel_pending_cancels(void **state) {
+    char id[LT_UUID_LEN];
+    running_job(id);
+    lt_err err;
+    assert_int_equal(jobs_cancel_requested(D, id, &err), 0);
+    assert_int_equal(jobs_cancel(D, WS, id, NULL, &err), 0);
+    assert_int_equal(jobs_cancel_requested(D, id, &err), 1);
+    assert_int_equal(jobs_release(D, id, "w1", "stopping", &err), 0);
+    json_t *job = get(id);
+    assert_string_equal(status_of(id), "cancelled");
+    assert_false(json_is_null(json_object_get(job, "completed_at")));
+    json_decref(job);
+    assert_int_equal(jobs_cancel_requested(D, "00000000-0000-4000-8000-0000000000ff", &err), -1);
+    assert_int_equal(err.code, 404);
+}
+
+static void test_trim_metrics_keeps_steps_up_to_the_checkpoint(void **state) {
+    char id[LT_UUID_LEN];
+    running_job(id);
+    for (int s = 1; s <= 5; s++) {
+        char ev[256];
+        snprintf(ev, sizeof ev,
+                 "{\"event_type\":\"step_complete\",\"metrics\":{\"steps\":[%d],\"train/loss\":[%d.5]},"
+                 "\"data\":{\"step\":%d,\"total_steps\":8}}",
+                 s, s, s);
+        progress(id, ev, 0);
+        if (s % 2 == 0) {
+            snprintf(
+                ev, sizeof ev,
+                "{\"event_type\":\"eval_complete\",\"metrics\":{\"eval/steps\":[%d],\"eval/loss\":[%d.25]}}",
+                s, s);
+            progress(id, ev, 0);
+        }
+    }
+    progress(id, "{\"event_type\":\"step_complete\",\"metrics\":{\"train/seen\":7}}", 0);
+    lt_err err;
+    assert_int_equal(jobs_trim_metrics(D, id, 3, &err), 0);
+    json_t *job = get(id);
+    json_t *m = json_object_get(job, "metrics");
+    assert_int_equal(json_array_size(json_object_get(m, "steps")), 3);
+    assert_int_equal(json_array_size(json_object_get(m, "train/loss")), 3);
+    assert_true(json_real_value(json_array_get(json_object_get(m, "train/loss"), 2)) == 3.5);
+    assert_int_equal(json_array_size(json_object_get(m, "eval/steps")), 1);
+    assert_int_equal(json_array_size(json_object_get(m, "eval/loss")), 1);
+    assert_int_equal(json_integer_value(json_object_get(m, "train/seen")), 7);
+    json_t *p = json_object_get(job, "progress");
+    assert_int_equal(json_integer_value(json_object_get(p, "step")), 3);
+    assert_int_equal(json_integer_value(json_object_get(p, "total_steps")), 8);
+    assert_true(json_real_value(json_object_get(p, "fraction")) == 3.0 / 8.0);
+    json_decref(job);
+    /* appending after the trim continues the arrays */
+    progress(id, "{\"event_type\":\"step_complete\",\"metrics\":{\"steps\":[4],\"train/loss\":[9.5]}}", 0);
+    job = get(id);
+    m = json_object_get(job, "metrics");
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(m, "steps"), 3)), 4);
+    json_decref(job);
+    assert_int_equal(jobs_trim_metrics(D, "00000000-0000-4000-8000-0000000000ff", 1, &err), -1);
+    assert_int_equal(err.code, 404);
+}
+
 #define RACE_THREADS 6
 
 static char claimed[RACE_THREADS][RACE_JOBS + 1][LT_UUID_LEN];
@@ -625,6 +725,9 @@ int main(void) {
         cmocka_unit_test_setup(test_retry_delete_checkpoints, reset),
         cmocka_unit_test_setup(test_log_cursor, reset),
         cmocka_unit_test_setup(test_base_job_is_protected, reset),
+        cmocka_unit_test_setup(test_release_requeues_with_the_same_attempt, reset),
+        cmocka_unit_test_setup(test_release_with_a_cancel_pending_cancels, reset),
+        cmocka_unit_test_setup(test_trim_metrics_keeps_steps_up_to_the_checkpoint, reset),
         cmocka_unit_test_setup(test_race_threads, reset),
         cmocka_unit_test_setup(test_race_processes, reset),
     };

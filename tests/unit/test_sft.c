@@ -704,6 +704,24 @@ static void test_init_adapter(void **state) {
     assert_non_null(strstr(err.msg, "/nonexistent-adapter"));
     rec_free(&r);
 
+    /* tr_read_checkpoint: an SFT checkpoint resumes an SFT run, and is refused, naming it, for another
+     * trainer */
+    eng_lora_config lc = {.rank = 4, .alpha = 8, .targets = ENG_LORA_ALL, .seed = 0};
+    eng_engine *e = eng_share(in.base, &lc, &err);
+    assert_non_null(e);
+    long step = -1;
+    int nckpt = -1;
+    json_t *x = tr_read_checkpoint(e, from, "sft", &step, &nckpt, &err);
+    assert_non_null(x);
+    assert_int_equal(step, 3);
+    assert_true(nckpt >= 1);
+    json_decref(x);
+    lt_err_clear(&err);
+    assert_null(tr_read_checkpoint(e, from, "rl", &step, &nckpt, &err));
+    assert_non_null(strstr(err.msg, "not written by the rl trainer"));
+    assert_non_null(strstr(err.msg, from));
+    eng_close(e);
+
     json_decref(eff), json_decref(eff2);
     rows_set_free(&train);
     free(w1), free(w2), free(from);
