@@ -23,6 +23,7 @@
 
 int cmd_model_logprobs(int argc, char **argv);
 int cmd_model_sample(int argc, char **argv);
+int cmd_model_tensor(int argc, char **argv); /* cmd_model_tensor.c */
 #pragma weak cmd_model_logprobs
 #pragma weak cmd_model_sample
 
@@ -32,6 +33,7 @@ static void usage_model(FILE *f) {
         "  init-tiny DIR [options]   write a small random-weight model with a byte-level BPE tokenizer\n"
         "  info DIR [--json]         architecture, sizes, parameters, dtype, tokenizer vocab, context\n"
         "  tensors PATH [--json]     list the tensors of a .safetensors file or model dir (with checksums)\n"
+        "  tensor PATH [NAME --out F.npy]  list a .gguf/.safetensors's tensors, or write one as f32 .npy\n"
         "  logprobs DIR ...          per-token log-probabilities of a text under the model\n"
         "  sample DIR ...            generate text from the model\n",
         f);
@@ -506,6 +508,7 @@ int cmd_model(int argc, char **argv) {
     if (!strcmp(verb, "init-tiny")) return cmd_init_tiny(argc - 1, argv + 1);
     if (!strcmp(verb, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(verb, "tensors")) return cmd_tensors(argc - 1, argv + 1);
+    if (!strcmp(verb, "tensor")) return cmd_model_tensor(argc - 1, argv + 1);
     if (!strcmp(verb, "logprobs") || !strcmp(verb, "sample")) {
         int (*fn)(int, char **) = !strcmp(verb, "logprobs") ? cmd_model_logprobs : cmd_model_sample;
         if (!fn) {
