@@ -15,11 +15,13 @@
  *
  * The kind comes from the matched pattern's segment after {org}; roles: any member reads (scope
  * artifacts:read), contributors and owners write (artifacts:write); another org's artifacts are 404. */
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <assert.h>
 
 #include "api/http.h"
 #include "store/artifacts.h"
@@ -113,6 +115,90 @@ static int content_type_ok(const char *ct) {
     return 0;
 }
 
+/* ---- upload limits and the upload pool ---- */
+
+/* The limits every push is read under; from the environment of `lathe serve` once, at route registration
+ * (see upload_limits_load for the names and defaults). */
+typedef struct upload_limits {
+    archive_limits arch;
+    rows_limits rows;
+    int concurrency; /* archive checks at once; more get 503 + Retry-After */
+} upload_limits;
+
+static upload_limits g_lim;
+static atomic_int g_active; /* pushes being checked now */
+
+#define MANIFEST_MAX_BYTES ((size_t)1 << 20)   /* one manifest or prompt file held in memory */
+#define MANIFESTS_MAX_BYTES ((size_t)16 << 20) /* all of them together */
+#define RATIO_FLOOR ((size_t)64 << 20)         /* the ratio rule starts past 64 MiB unpacked */
+
+/* "123", "64K", "2M", "4G" (KiB/MiB/GiB). 0 or -1. */
+static int parse_size(const char *s, size_t *out) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-') return -1;
+    unsigned long long mul = 1;
+    if (*end == 'k' || *end == 'K') mul = 1ULL << 10;
+    if (*end == 'm' || *end == 'M') mul = 1ULL << 20;
+    if (*end == 'g' || *end == 'G') mul = 1ULL << 30;
+    if (mul > 1) end++;
+    if (*end || v == 0 || v > (1ULL << 42) / mul) return -1;
+    *out = (size_t)(v * mul);
+    return 0;
+}
+
+static void env_size(const char *name, size_t *v) {
+    const char *s = getenv(name);
+    if (!s || !*s) return;
+    if (parse_size(s, v) != 0)
+        lt_log(LOG_ERROR, "%s='%.40s' is not a size (e.g. 4096, 64K, 2M, 4G); using the default %zu", name, s,
+               *v);
+}
+
+/* Reads LATHE_UPLOAD_* once. Defaults: 10,000 entries, 2 GiB per file, 4 GiB unpacked, expansion ratio 200
+ * (past 64 MiB), 2 MiB per row, 10,000 CSV columns, 2 concurrent checks. */
+static void upload_limits_load(void) {
+    upload_limits l;
+    l.arch = (archive_limits){10000, (size_t)2 << 30, (size_t)4 << 30, 200, RATIO_FLOOR};
+    l.rows = rows_limits_default();
+    l.concurrency = 2;
+    size_t v;
+    env_size("LATHE_UPLOAD_MAX_ENTRIES", &l.arch.max_entries);
+    env_size("LATHE_UPLOAD_MAX_FILE", &l.arch.max_file_bytes);
+    env_size("LATHE_UPLOAD_MAX_UNPACKED", &l.arch.max_total_bytes);
+    v = l.arch.max_ratio;
+    env_size("LATHE_UPLOAD_MAX_RATIO", &v);
+    l.arch.max_ratio = v > 1000000 ? 1000000 : (unsigned)v;
+    env_size("LATHE_UPLOAD_MAX_ROW", &l.rows.max_row_bytes);
+    env_size("LATHE_UPLOAD_MAX_COLUMNS", &l.rows.max_columns);
+    v = (size_t)l.concurrency;
+    env_size("LATHE_UPLOAD_CONCURRENCY", &v);
+    l.concurrency = v > 1024 ? 1024 : (int)v;
+    g_lim = l;
+    lt_log(LOG_DEBUG,
+           "upload limits: %zu entries, %zu bytes per file, %zu unpacked, ratio %u, %zu bytes per row, %zu "
+           "columns, %d at once",
+           l.arch.max_entries, l.arch.max_file_bytes, l.arch.max_total_bytes, l.arch.max_ratio,
+           l.rows.max_row_bytes, l.rows.max_columns, l.concurrency);
+}
+
+/* Takes a slot of the upload pool; 0, or -1 after answering 503 with Retry-After. */
+static int pool_enter(api_resp *resp) {
+    int n = atomic_fetch_add(&g_active, 1);
+    if (n < g_lim.concurrency) return 0;
+    atomic_fetch_sub(&g_active, 1);
+    api_error(resp, 503, "server_busy",
+              "%d uploads are being checked already, the limit (LATHE_UPLOAD_CONCURRENCY); retry in 2 s",
+              g_lim.concurrency);
+    api_header_add(resp, "Retry-After", "2");
+    return -1;
+}
+
+static void pool_leave(void) {
+    atomic_fetch_sub(&g_active, 1);
+}
+
 /* ---- checking a pushed archive ---- */
 
 typedef struct inspected {
@@ -128,40 +214,145 @@ static void inspected_free(inspected *x) {
     free(x->prompt);
 }
 
-/* Counts and checks the rows of every split. 0, or -1 with err and the file/line in loc. */
-static int check_rows(const archive_items *items, const json_t *manifest, json_t *splits, rows_loc *loc,
-                      lt_err *err) {
-    rows_format dflt = ROWS_JSONL;
-    rows_format_parse(json_string_value(json_object_get(manifest, "format")), &dflt);
-    const char *split;
-    json_t *files;
-    json_object_foreach(json_object_get(manifest, "splits"), split, files) {
-        size_t total = 0, i;
-        json_t *f;
-        json_array_foreach(files, i, f) {
-            const char *path = json_string_value(f);
-            const archive_item *it = archive_items_find(items, path);
-            if (!it)
-                return lt_err_set(err, 500, "split file %s vanished", path); /* manifest_dataset checked it */
-            size_t n = 0;
-            if (rows_check_file((const char *)it->data, it->size, rows_format_for_path(path, dflt), split,
-                                path, &n, loc, err) != 0)
-                return -1;
-            total += n;
-        }
-        json_object_set_new(splits, split, json_integer((json_int_t)total));
+/* Which files the scan reads into memory: the kind's manifest (at the root or one directory down) and, for
+ * capabilities, prompt files under agents/. Everything else is streamed. */
+typedef struct want_ctx {
+    const char *mfile;
+    int capability;
+} want_ctx;
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+static int want_file(const char *path, void *ud) {
+    const want_ctx *w = ud;
+    const char *slash = strchr(path, '/');
+    const char *rest = slash ? slash + 1 : path;
+    if (!strcmp(path, w->mfile) || (slash && !strcmp(rest, w->mfile))) return 1;
+    if (!w->capability) return 0;
+    const char *agents = !strncmp(path, "agents/", 7)            ? path
+                         : slash && !strncmp(rest, "agents/", 7) ? rest
+                                                                 : NULL;
+    return agents && !strchr(agents + 7, '/') && (ends_with(agents, ".md") || ends_with(agents, ".txt"));
+}
+
+/* One data file of a split, and where its bytes are in the archive. */
+typedef struct split_file {
+    const char *split, *path, *src;
+    size_t rows;
+    int done;
+} split_file;
+
+typedef struct rows_pass {
+    split_file *v;
+    size_t n;
+    rows_format dflt;
+    rows_loc *loc;
+} rows_pass;
+
+static int split_file_cmp(const void *a, const void *b) {
+    return strcmp(((const split_file *)a)->src, ((const split_file *)b)->src);
+}
+
+static long read_entry(void *ud, char *buf, size_t n, lt_err *err) {
+    return archive_stream_read(ud, buf, n, err);
+}
+
+/* archive_stream_files callback: parses an entry once for every split file whose bytes it holds. */
+static int rows_of_entry(const char *src, archive_stream *s, void *ud, lt_err *err) {
+    rows_pass *p = ud;
+    split_file key = {NULL, NULL, src, 0, 0};
+    split_file *f = bsearch(&key, p->v, p->n, sizeof *p->v, split_file_cmp);
+    if (!f) return 0;
+    while (f > p->v && !strcmp(f[-1].src, src))
+        f--;
+    if (f->done) return 0; /* a duplicate entry name cannot pass the scan; be safe anyway */
+    size_t n = 0;
+    if (rows_check_stream(read_entry, s, rows_format_for_path(f->path, p->dflt), &g_lim.rows, f->split,
+                          f->path, &n, p->loc, err) != 0) {
+        if (p->loc && !p->loc->file[0]) snprintf(p->loc->file, sizeof p->loc->file, "%s", f->path);
+        return -1;
+    }
+    for (split_file *g = f; g < p->v + p->n && !strcmp(g->src, src); g++) {
+        g->rows = n;
+        g->done = 1;
     }
     return 0;
 }
 
-/* Unpacks and validates the archive at path for kind. On failure writes the error response and returns -1. */
-static int inspect(const char *path, const char *kind, inspected *out, api_resp *resp) {
+/* Counts and checks the rows of every split, streaming each data file from the archive at path once. 0, or
+ * -1 with err and the file/line in loc. */
+static int check_rows(const char *path, const archive_items *items, const json_t *manifest, json_t *splits,
+                      rows_loc *loc, lt_err *err) {
+    rows_pass p = {NULL, 0, ROWS_JSONL, loc};
+    rows_format_parse(json_string_value(json_object_get(manifest, "format")), &p.dflt);
+    const char *split;
+    json_t *files;
+    size_t cap = 0;
+    json_object_foreach(json_object_get(manifest, "splits"), split, files) {
+        size_t i;
+        json_t *f;
+        json_array_foreach(files, i, f) {
+            const archive_item *it = archive_items_find(items, json_string_value(f));
+            if (!it) { /* manifest_dataset checked it */
+                free(p.v);
+                return lt_err_set(err, 500, "split file %s vanished", json_string_value(f));
+            }
+            if (p.n == cap) {
+                cap = cap ? cap * 2 : 16;
+                p.v = realloc(p.v, cap * sizeof *p.v);
+                if (!p.v) abort();
+            }
+            p.v[p.n++] = (split_file){split, it->path, it->src, 0, 0};
+        }
+    }
+    if (p.n) qsort(p.v, p.n, sizeof *p.v, split_file_cmp);
+    int rc = archive_stream_files(path, &g_lim.arch, rows_of_entry, &p, err);
+    for (size_t i = 0; rc == 0 && i < p.n; i++)
+        if (!p.v[i].done) rc = lt_err_set(err, 500, "split file %s was not found when reading", p.v[i].path);
+    if (rc == 0) {
+        json_object_foreach(json_object_get(manifest, "splits"), split, files) {
+            size_t total = 0;
+            for (size_t i = 0; i < p.n; i++)
+                if (!strcmp(p.v[i].split, split)) total += p.v[i].rows;
+            json_object_set_new(splits, split, json_integer((json_int_t)total));
+        }
+    }
+    free(p.v);
+    return rc;
+}
+
+/* 409 when the org already has this name and version: answered before any row is read. */
+static int check_new_version(const api_req *req, const char *org_id, const char *kind, const json_t *manifest,
+                             api_resp *resp) {
+    const char *name = json_string_value(json_object_get(manifest, "name"));
+    const char *version = json_string_value(json_object_get(manifest, "version"));
+    if (!name || !version) return 0;
+    artifact_version v;
+    lt_err err = {0};
+    if (artifacts_get(req->ctx->db, org_id, kind, name, version, &v, &err) != 0) return 0;
+    artifact_version_free(&v);
+    api_error(resp, 409, "conflict",
+              "%s '%s' version %s already exists; versions are immutable, push a new version", kind, name,
+              version);
+    return -1;
+}
+
+/* Checks the archive at path for kind, in bounded memory: a scan of every header (the archive limits) that
+ * keeps only the manifest and prompts, the manifest's rules, the duplicate-version check, then (datasets) a
+ * second pass streaming each data file through the row parser. On failure writes the error response and
+ * returns -1. */
+static int inspect(const api_req *req, const char *org_id, const char *kind, inspected *out, api_resp *resp) {
     memset(out, 0, sizeof *out);
     lt_err err = {0};
     archive_items items = ARCHIVE_ITEMS_INIT;
     manifest_kind mk = manifest_kind_of(kind);
     const char *mfile = manifest_file_name(mk);
-    if (archive_unpack_file(path, NULL, &items, &err) != 0) {
+    want_ctx wc = {mfile, mk == MANIFEST_CAPABILITY};
+    archive_want want = {want_file, &wc, MANIFEST_MAX_BYTES, MANIFESTS_MAX_BYTES};
+    if (archive_scan_file(req->body_path, &g_lim.arch, &want, &items, &err) != 0) {
         api_error_from(resp, &err);
         return -1;
     }
@@ -173,37 +364,38 @@ static int inspect(const char *path, const char *kind, inspected *out, api_resp 
     }
     out->unpacked = (int64_t)items.total;
     out->splits = json_object();
-    if (mk == MANIFEST_DATASET) {
+    if (mk == MANIFEST_DATASET)
         out->manifest = manifest_dataset(&items, &mloc, &err);
-        if (out->manifest) {
-            rows_loc rloc = {"", "", 0};
-            if (check_rows(&items, out->manifest, out->splits, &rloc, &err) != 0) {
-                if (err.code == 422)
-                    archive_error(resp, &err, rloc.file, rloc.line);
-                else
-                    api_error_from(resp, &err);
-                goto out;
-            }
-            if (manifest_dataset_check_count(&items, out->manifest, total_rows(out->splits), &mloc, &err) !=
-                0) {
-                archive_error(resp, &err, mloc.file, mloc.line);
-                goto out;
-            }
-            int64_t n = total_rows(out->splits);
-            if (n == 0) {
-                lt_err_set(&err, 422, "dataset.yaml: the data files hold no rows");
-                archive_error(resp, &err, "dataset.yaml", 0);
-                goto out;
-            }
-        }
-    } else if (mk == MANIFEST_CAPABILITY) {
+    else if (mk == MANIFEST_CAPABILITY)
         out->manifest = manifest_capability(&items, &out->prompt, &mloc, &err);
-    } else {
+    else
         out->manifest = manifest_task(&items, &mloc, &err);
-    }
-    if (!out->manifest) { /* every manifest problem is a 422 pointing into the file */
-        archive_error(resp, &err, mloc.file, mloc.line);
+    if (!out->manifest) { /* every manifest problem points into the file */
+        if (err.code == 422)
+            archive_error(resp, &err, mloc.file, mloc.line);
+        else
+            api_error_from(resp, &err);
         goto out;
+    }
+    if (check_new_version(req, org_id, kind, out->manifest, resp) != 0) goto out;
+    if (mk == MANIFEST_DATASET) {
+        rows_loc rloc = {"", "", 0};
+        if (check_rows(req->body_path, &items, out->manifest, out->splits, &rloc, &err) != 0) {
+            if (err.code == 422)
+                archive_error(resp, &err, rloc.file, rloc.line);
+            else
+                api_error_from(resp, &err);
+            goto out;
+        }
+        if (manifest_dataset_check_count(&items, out->manifest, total_rows(out->splits), &mloc, &err) != 0) {
+            archive_error(resp, &err, mloc.file, mloc.line);
+            goto out;
+        }
+        if (total_rows(out->splits) == 0) {
+            lt_err_set(&err, 422, "dataset.yaml: the data files hold no rows");
+            archive_error(resp, &err, "dataset.yaml", 0);
+            goto out;
+        }
     }
     rc = 0;
 out:
@@ -234,8 +426,11 @@ static int h_push(api_req *req, api_resp *resp) {
         api_error(resp, 400, "bad_request", "the body is empty; send a tar or tar.gz archive");
         return 0;
     }
+    if (pool_enter(resp) != 0) return 0;
     inspected x;
-    if (inspect(req->body_path, kind, &x, resp) != 0) return 0;
+    int bad = inspect(req, org.id, kind, &x, resp);
+    pool_leave();
+    if (bad) return 0;
 
     db *d = req->ctx->db;
     blob_store *bs = req->ctx->blobs;
@@ -461,6 +656,7 @@ static int h_delete(api_req *req, api_resp *resp) {
 }
 
 void api_routes_artifacts(api_router *r) {
+    upload_limits_load();
     for (size_t i = 0; i < sizeof KINDS / sizeof *KINDS; i++) {
         char base[64], one[96], ver[128], dl[160];
         snprintf(base, sizeof base, "/api/v1/org/{org}/%s", KINDS[i]);

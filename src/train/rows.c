@@ -55,6 +55,7 @@ typedef struct pctx {
     void *ud;
     rows_loc *loc;
     lt_err *err;
+    rows_limits lim;
 } pctx;
 
 static void set_loc(pctx *c, long line) {
@@ -126,6 +127,67 @@ static int emit(pctx *c, json_t *row, long line) {
     return 0;
 }
 
+/* ---- reading bytes ---- */
+
+/* Input for the readers: a memory block (rd NULL) or a stream refilled through rd into own. Either way
+ * the parsers see one byte at a time or a window of buffered bytes, and never more than that. */
+typedef struct rbuf {
+    rows_read_fn rd;
+    void *ud;
+    const char *p;
+    size_t pos, len;
+    int eof;    /* no more refills */
+    int failed; /* rd returned -1; err is set */
+    char own[65536];
+} rbuf;
+
+/* Refills when the window is used up. 1 = bytes available, 0 = end of input, -1 = read error. */
+static int rb_more(rbuf *b, lt_err *err) {
+    if (b->pos < b->len) return 1;
+    if (b->eof || b->failed) return b->failed ? -1 : 0;
+    long r = b->rd(b->ud, b->own, sizeof b->own, err);
+    if (r < 0) return b->failed = 1, -1;
+    if (r == 0) return b->eof = 1, 0;
+    b->p = b->own;
+    b->pos = 0;
+    b->len = (size_t)r;
+    return 1;
+}
+
+/* The next byte (0..255), -1 at the end, -2 on a read error. */
+static inline int rb_get(rbuf *b, lt_err *err) {
+    if (b->pos >= b->len) {
+        int r = rb_more(b, err);
+        if (r <= 0) return r == 0 ? -1 : -2;
+    }
+    return (unsigned char)b->p[b->pos++];
+}
+
+static inline int rb_peek(rbuf *b, lt_err *err) {
+    if (b->pos >= b->len) {
+        int r = rb_more(b, err);
+        if (r <= 0) return r == 0 ? -1 : -2;
+    }
+    return (unsigned char)b->p[b->pos];
+}
+
+/* Skips a UTF-8 byte order mark at the very start. */
+static int rb_skip_bom(rbuf *b, lt_err *err) {
+    static const unsigned char bom[3] = {0xef, 0xbb, 0xbf};
+    if (b->rd) {
+        /* make sure the first refill is in, then look at up to three bytes of it */
+        if (rb_more(b, err) < 0) return -1;
+        while (b->len - b->pos < 3 && !b->eof) {
+            long r = b->rd(b->ud, b->own + b->len, sizeof b->own - b->len, err);
+            if (r < 0) return b->failed = 1, -1;
+            if (r == 0) b->eof = 1;
+            b->len += (size_t)r;
+        }
+    }
+    if (b->len - b->pos >= 3 && !memcmp(b->p + b->pos, bom, 3)) b->pos += 3;
+    return 0;
+}
+
 /* ---- JSONL ---- */
 
 static int is_blank(const char *s, size_t n) {
@@ -134,90 +196,161 @@ static int is_blank(const char *s, size_t n) {
     return 1;
 }
 
-static int parse_jsonl(pctx *c, const char *d, size_t n) {
-    size_t i = 0;
+static int too_long(pctx *c, long line, const char *what) {
+    perr(c, line, "the %s is longer than the limit of %zu bytes", what, c->lim.max_row_bytes);
+    if (c->err) c->err->code = 413;
+    return -1;
+}
+
+static int jsonl_line(pctx *c, const char *s, size_t len, long line) {
+    if (len && s[len - 1] == '\r') len--;
+    if (is_blank(s, len)) return 0;
+    json_error_t je;
+    json_t *v = json_loadb(s, len, JSON_DECODE_ANY, &je);
+    if (!v) return perr(c, line, "invalid JSON: %s (column %d)", je.text, je.column);
+    return emit(c, v, line);
+}
+
+static int parse_jsonl(pctx *c, rbuf *b) {
     long line = 1;
-    while (i < n) {
-        size_t j = i;
-        while (j < n && d[j] != '\n')
-            j++;
-        size_t len = j - i;
-        if (len && d[i + len - 1] == '\r') len--;
-        if (!is_blank(d + i, len)) {
-            json_error_t je;
-            json_t *v = json_loadb(d + i, len, JSON_DECODE_ANY, &je);
-            if (!v) return perr(c, line, "invalid JSON: %s (column %d)", je.text, je.column);
-            if (emit(c, v, line) != 0) return -1;
+    strbuf sb = STRBUF_INIT;
+    int rc = 0;
+    for (;;) {
+        int more = rb_more(b, c->err);
+        if (more < 0) {
+            rc = -1;
+            break;
         }
-        i = j + 1;
-        line++;
+        if (more == 0) {
+            if (sb.len) rc = jsonl_line(c, sb.buf, sb.len, line);
+            break;
+        }
+        const char *s = b->p + b->pos;
+        size_t avail = b->len - b->pos;
+        const char *nl = memchr(s, '\n', avail);
+        size_t take = nl ? (size_t)(nl - s) : avail;
+        if (sb.len + take > c->lim.max_row_bytes) {
+            rc = too_long(c, line, "line");
+            break;
+        }
+        if (nl && sb.len == 0) { /* the whole line is in the window: no copy */
+            rc = jsonl_line(c, s, take, line);
+        } else {
+            sb_append(&sb, s, take);
+            if (nl) rc = jsonl_line(c, sb.buf, sb.len, line);
+        }
+        b->pos += take + (nl ? 1 : 0);
+        if (rc != 0) break;
+        if (nl) {
+            sb_reset(&sb);
+            line++;
+        }
     }
-    return 0;
+    sb_free(&sb);
+    return rc;
 }
 
 /* ---- JSON array ---- */
 
-static size_t skip_ws(const char *d, size_t n, size_t i, long *line) {
-    while (i < n && isspace((unsigned char)d[i])) {
-        if (d[i] == '\n') (*line)++;
-        i++;
+/* Skips whitespace, counting lines; returns the next byte without taking it (-1 end, -2 error). */
+static int skip_ws(rbuf *b, long *line, lt_err *err) {
+    for (;;) {
+        int ch = rb_peek(b, err);
+        if (ch < 0 || !isspace(ch)) return ch;
+        if (ch == '\n') (*line)++;
+        b->pos++;
     }
-    return i;
 }
 
-/* Advances *i over one value up to (not including) the ',' or ']' that ends it at depth 0. */
-static void scan_value(const char *d, size_t n, size_t *i, long *line) {
-    int depth = 0;
-    while (*i < n) {
-        char ch = d[*i];
-        if (ch == '"') {
-            (*i)++;
-            while (*i < n && d[*i] != '"') {
-                if (d[*i] == '\\' && *i + 1 < n) (*i)++;
-                if (d[*i] == '\n') (*line)++;
-                (*i)++;
-            }
-            if (*i >= n) return; /* an unterminated string: jansson reports it */
-        } else if (ch == '{' || ch == '[') {
-            depth++;
-        } else if (ch == '}' || ch == ']') {
-            if (depth == 0) return;
-            depth--;
-        } else if (ch == ',' && depth == 0) {
-            return;
-        } else if (ch == '\n') {
-            (*line)++;
+/* Collects one value into sb up to (not including) the ',' or ']' that ends it at depth 0. Returns that
+ * byte (left unread), -1 at the end of input, -2 on a read error, -3 when over the row limit. */
+static int scan_value(pctx *c, rbuf *b, long *line, strbuf *sb) {
+    int depth = 0, in_str = 0, esc = 0;
+    for (;;) {
+        int ch = rb_peek(b, c->err);
+        if (ch < 0) return ch;
+        if (!in_str) {
+            if ((ch == ',' && depth == 0) || ((ch == ']' || ch == '}') && depth == 0)) return ch;
+            if (ch == '{' || ch == '[') depth++;
+            if (ch == '}' || ch == ']') depth--;
+            if (ch == '"') in_str = 1;
+        } else if (esc) {
+            esc = 0;
+        } else if (ch == '\\') {
+            esc = 1;
+        } else if (ch == '"') {
+            in_str = 0;
         }
-        (*i)++;
+        if (ch == '\n') (*line)++;
+        if (sb->len >= c->lim.max_row_bytes) return -3;
+        sb_putc(sb, (char)ch);
+        b->pos++;
     }
 }
 
-static int parse_json_array(pctx *c, const char *d, size_t n) {
+static int parse_json_array(pctx *c, rbuf *b) {
     long line = 1;
-    size_t i = skip_ws(d, n, 0, &line);
-    if (i >= n || d[i] != '[') return perr(c, line, "the file must hold a JSON array of row objects");
-    i++;
+    int ch = skip_ws(b, &line, c->err);
+    if (ch == -2) return -1;
+    if (ch != '[') return perr(c, line, "the file must hold a JSON array of row objects");
+    b->pos++;
+    strbuf sb = STRBUF_INIT;
+    int rc = 0;
     for (int first = 1;; first = 0) {
-        i = skip_ws(d, n, i, &line);
-        if (i >= n) return perr(c, line, "the JSON array is not closed with ']'");
-        if (d[i] == ']' && first) break;
-        size_t start = i;
+        ch = skip_ws(b, &line, c->err);
+        if (ch == -2) {
+            rc = -1;
+            break;
+        }
+        if (ch == -1) {
+            rc = perr(c, line, "the JSON array is not closed with ']'");
+            break;
+        }
+        if (ch == ']' && first) {
+            b->pos++;
+            break;
+        }
         long start_line = line;
-        scan_value(d, n, &i, &line);
-        size_t end = i;
-        while (end > start && isspace((unsigned char)d[end - 1]))
+        sb_reset(&sb);
+        ch = scan_value(c, b, &line, &sb);
+        if (ch == -2) {
+            rc = -1;
+            break;
+        }
+        if (ch == -3) {
+            rc = too_long(c, start_line, "row");
+            break;
+        }
+        size_t end = sb.len;
+        while (end > 0 && isspace((unsigned char)sb.buf[end - 1]))
             end--;
-        if (end == start) return perr(c, start_line, "expected a row object");
+        if (end == 0) {
+            rc = perr(c, start_line, "expected a row object");
+            break;
+        }
         json_error_t je;
-        json_t *v = json_loadb(d + start, end - start, JSON_DECODE_ANY, &je);
-        if (!v) return perr(c, start_line + je.line - 1, "invalid JSON: %s", je.text);
-        if (emit(c, v, start_line) != 0) return -1;
-        if (i >= n) return perr(c, line, "the JSON array is not closed with ']'");
-        if (d[i] == ']') break;
-        i++; /* ',' */
+        json_t *v = json_loadb(sb.buf, end, JSON_DECODE_ANY, &je);
+        if (!v) {
+            rc = perr(c, start_line + je.line - 1, "invalid JSON: %s", je.text);
+            break;
+        }
+        if ((rc = emit(c, v, start_line)) != 0) break;
+        if (ch == -1) {
+            rc = perr(c, line, "the JSON array is not closed with ']'");
+            break;
+        }
+        b->pos++; /* ',' or ']' */
+        if (ch == ']') break;
+        if (ch != ',') {
+            rc = perr(c, line, "expected ',' or ']' after a row");
+            break;
+        }
     }
-    i = skip_ws(d, n, i + 1, &line);
-    if (i < n) return perr(c, line, "unexpected data after the JSON array");
+    sb_free(&sb);
+    if (rc != 0) return rc;
+    ch = skip_ws(b, &line, c->err);
+    if (ch == -2) return -1;
+    if (ch != -1) return perr(c, line, "unexpected data after the JSON array");
     return 0;
 }
 
@@ -226,6 +359,7 @@ static int parse_json_array(pctx *c, const char *d, size_t n) {
 typedef struct csv_record {
     strbuf *f;
     size_t n, cap;
+    size_t bytes; /* field bytes and separators so far */
 } csv_record;
 
 static strbuf *rec_push(csv_record *r) {
@@ -244,59 +378,89 @@ static void rec_clear(csv_record *r) {
     for (size_t i = 0; i < r->n; i++)
         sb_free(&r->f[i]);
     r->n = 0;
+    r->bytes = 0;
 }
 
-/* Reads one record starting at *i; *line advances past it. 1 = a record, 0 = end of input, -1 = error. */
-static int csv_next(pctx *c, const char *d, size_t n, size_t *i, long *line, csv_record *rec) {
+/* Appends a byte to the field, enforcing the record size limit. 0 or -1 (413). */
+static int rec_put(pctx *c, csv_record *r, strbuf *f, int ch, long start) {
+    if (++r->bytes > c->lim.max_row_bytes) return too_long(c, start, "CSV record");
+    sb_putc(f, (char)ch);
+    return 0;
+}
+
+/* A new field, enforcing the column limit. NULL with err (422). */
+static strbuf *rec_next_field(pctx *c, csv_record *r, long start) {
+    if (r->n >= c->lim.max_columns) {
+        perr(c, start, "the record has more than %zu columns, over the limit of %zu columns",
+             c->lim.max_columns, c->lim.max_columns);
+        return NULL;
+    }
+    if (++r->bytes > c->lim.max_row_bytes) {
+        too_long(c, start, "CSV record");
+        return NULL;
+    }
+    return rec_push(r);
+}
+
+/* Reads one record; *line advances past it. 1 = a record, 0 = end of input, -1 = error. */
+static int csv_next(pctx *c, rbuf *b, long *line, csv_record *rec) {
     rec_clear(rec);
-    if (*i >= n) return 0;
+    int ch = rb_peek(b, c->err);
+    if (ch == -2) return -1;
+    if (ch == -1) return 0;
     long start = *line;
     strbuf *f = rec_push(rec);
     int quoted = 0, at_start = 1;
-    while (*i < n) {
-        char ch = d[*i];
+    for (;;) {
+        ch = rb_get(b, c->err);
+        if (ch == -2) return -1;
+        if (ch == -1) break;
         if (quoted) {
             if (ch == '"') {
-                if (*i + 1 < n && d[*i + 1] == '"') {
-                    sb_putc(f, '"');
-                    *i += 2;
+                int nx = rb_peek(b, c->err);
+                if (nx == -2) return -1;
+                if (nx == '"') {
+                    b->pos++;
+                    if (rec_put(c, rec, f, '"', start) != 0) return -1;
                     continue;
                 }
                 quoted = 0;
-                (*i)++;
-                if (*i < n && d[*i] != ',' && d[*i] != '\n' && d[*i] != '\r')
+                if (nx >= 0 && nx != ',' && nx != '\n' && nx != '\r')
                     return perr(c, *line, "unexpected character after a closing quote");
                 continue;
             }
             if (ch == '\n') (*line)++;
-            sb_putc(f, ch);
-            (*i)++;
+            if (rec_put(c, rec, f, ch, start) != 0) return -1;
             continue;
         }
         if (ch == '"' && at_start) {
             quoted = 1;
             at_start = 0;
-            (*i)++;
             continue;
         }
         if (ch == '"')
             return perr(c, *line,
                         "a quote inside an unquoted field; quote the whole field and double the quote");
         if (ch == ',') {
-            f = rec_push(rec);
+            if (!(f = rec_next_field(c, rec, start))) return -1;
             at_start = 1;
-            (*i)++;
             continue;
         }
-        if (ch == '\r' && *i + 1 < n && d[*i + 1] == '\n') (*i)++;
-        if (ch == '\n' || (ch == '\r' && d[*i] == '\n')) {
-            (*i)++;
+        if (ch == '\r') {
+            int nx = rb_peek(b, c->err);
+            if (nx == -2) return -1;
+            if (nx == '\n') {
+                b->pos++;
+                (*line)++;
+                return 1;
+            }
+        }
+        if (ch == '\n') {
             (*line)++;
             return 1;
         }
-        sb_putc(f, ch);
+        if (rec_put(c, rec, f, ch, start) != 0) return -1;
         at_start = 0;
-        (*i)++;
     }
     if (quoted) return perr(c, start, "a quoted field is not closed");
     return 1;
@@ -337,31 +501,41 @@ static json_t *csv_cell(pctx *c, const char *col, const strbuf *cell, long line)
     return v;
 }
 
-static int parse_csv(pctx *c, const char *d, size_t n) {
-    size_t i = 0;
-    long line = 1;
+/* Checks the header's names: each non-empty, UTF-8, and used once (a hash set, so width costs linear time).
+ */
+static int csv_check_header(pctx *c, const csv_record *hdr, long line) {
+    json_t *seen = json_object();
+    int rc = 0;
+    for (size_t k = 0; k < hdr->n && rc == 0; k++) {
+        const strbuf *f = &hdr->f[k];
+        if (f->len == 0 || !lt_utf8_valid(f->buf, f->len) || strlen(f->buf) != f->len)
+            rc = perr(c, line, "header column %zu has no name (or is not UTF-8)", k + 1);
+        else if (json_object_get(seen, f->buf))
+            rc = perr(c, line, "header names column '%.200s' twice", f->buf);
+        else
+            json_object_set_new(seen, f->buf, json_true());
+    }
+    json_decref(seen);
+    return rc;
+}
+
+static int parse_csv(pctx *c, rbuf *b) {
+    long line = 1, hline;
     csv_record hdr = {0}, rec = {0};
     int rc = 0, r;
     /* header: the first non-blank record */
     do {
-        r = csv_next(c, d, n, &i, &line, &hdr);
+        hline = line;
+        r = csv_next(c, b, &line, &hdr);
     } while (r == 1 && csv_is_blank_record(&hdr));
     if (r <= 0) {
         rc = r < 0 ? -1 : perr(c, 0, "the CSV file has no header row");
         goto out;
     }
-    for (size_t k = 0; k < hdr.n && rc == 0; k++) {
-        if (hdr.f[k].len == 0 || !lt_utf8_valid(hdr.f[k].buf, hdr.f[k].len)) {
-            rc = perr(c, 1, "header column %zu has no name (or is not UTF-8)", k + 1);
-        } else {
-            for (size_t m = 0; m < k; m++)
-                if (!strcmp(hdr.f[k].buf, hdr.f[m].buf))
-                    rc = perr(c, 1, "header names column '%s' twice", hdr.f[k].buf);
-        }
-    }
+    rc = csv_check_header(c, &hdr, hline);
     while (rc == 0) {
         long start = line;
-        r = csv_next(c, d, n, &i, &line, &rec);
+        r = csv_next(c, b, &line, &rec);
         if (r < 0) {
             rc = -1;
             break;
@@ -396,20 +570,57 @@ out:
     return rc;
 }
 
+rows_limits rows_limits_default(void) {
+    rows_limits l = {ROWS_DEFAULT_MAX_ROW_BYTES, ROWS_DEFAULT_MAX_COLUMNS};
+    return l;
+}
+
+static int parse_any(pctx *c, rbuf *b, rows_format fmt) {
+    if (rb_skip_bom(b, c->err) != 0) return -1;
+    switch (fmt) {
+    case ROWS_JSONL:
+        return parse_jsonl(c, b);
+    case ROWS_JSON:
+        return parse_json_array(c, b);
+    case ROWS_CSV:
+        return parse_csv(c, b);
+    }
+    return perr(c, 0, "unknown format");
+}
+
+/* A read error from the stream keeps its own code and message; only the location is added. */
+static int stream_failed(pctx *c, const rbuf *b, int rc) {
+    if (rc != 0 && b->failed) set_loc(c, 0);
+    return rc;
+}
+
 int rows_parse(const char *data, size_t n, rows_format fmt, const char *split, const char *file, rows_fn fn,
                void *ud, rows_loc *loc, lt_err *err) {
     assert(fn);
-    pctx c = {split, file ? file : "", fn, ud, loc, err};
-    if (n >= 3 && !memcmp(data, "\xef\xbb\xbf", 3)) data += 3, n -= 3;
-    switch (fmt) {
-    case ROWS_JSONL:
-        return parse_jsonl(&c, data, n);
-    case ROWS_JSON:
-        return parse_json_array(&c, data, n);
-    case ROWS_CSV:
-        return parse_csv(&c, data, n);
-    }
-    return perr(&c, 0, "unknown format");
+    /* the bytes are in memory already: only the column limit applies */
+    rows_limits lim = {(size_t)-1, ROWS_DEFAULT_MAX_COLUMNS};
+    pctx c = {split, file ? file : "", fn, ud, loc, err, lim};
+    rbuf *b = calloc(1, sizeof *b);
+    if (!b) abort();
+    b->p = data;
+    b->len = n;
+    b->eof = 1;
+    int rc = parse_any(&c, b, fmt);
+    free(b);
+    return rc;
+}
+
+int rows_parse_stream(rows_read_fn rd, void *rd_ud, rows_format fmt, const rows_limits *lim,
+                      const char *split, const char *file, rows_fn fn, void *ud, rows_loc *loc, lt_err *err) {
+    assert(rd && fn);
+    pctx c = {split, file ? file : "", fn, ud, loc, err, lim ? *lim : rows_limits_default()};
+    rbuf *b = calloc(1, sizeof *b);
+    if (!b) abort();
+    b->rd = rd;
+    b->ud = rd_ud;
+    int rc = stream_failed(&c, b, parse_any(&c, b, fmt));
+    free(b);
+    return rc;
 }
 
 /* ---- normalization ---- */
@@ -973,6 +1184,14 @@ int rows_check_file(const char *data, size_t n, rows_format fmt, const char *spl
                     size_t *count, rows_loc *loc, lt_err *err) {
     size_t c = 0;
     int rc = rows_parse(data, n, fmt, split, file, count_fn, &c, loc, err);
+    if (count) *count = rc == 0 ? c : 0;
+    return rc;
+}
+
+int rows_check_stream(rows_read_fn rd, void *rd_ud, rows_format fmt, const rows_limits *lim,
+                      const char *split, const char *file, size_t *count, rows_loc *loc, lt_err *err) {
+    size_t c = 0;
+    int rc = rows_parse_stream(rd, rd_ud, fmt, lim, split, file, count_fn, &c, loc, err);
     if (count) *count = rc == 0 ? c : 0;
     return rc;
 }

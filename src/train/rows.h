@@ -83,6 +83,34 @@ int rows_parse(const char *data, size_t n, rows_format fmt, const char *split, c
 int rows_check_file(const char *data, size_t n, rows_format fmt, const char *split, const char *file,
                     size_t *count, rows_loc *loc, lt_err *err);
 
+/* ---- streaming: bounded memory ----
+ *
+ * The same readers over a stream of bytes: memory use is one buffered window plus one row (a JSONL line, a
+ * JSON array element, a CSV record), never the whole file. A row over max_row_bytes stops the read with 413
+ * "file F line N: the line is longer than the limit of B bytes" (row / CSV record for the other formats);
+ * a CSV record with more than max_columns fields is a 422 naming the limit. rows_parse (memory) applies the
+ * column limit only. Header width costs linear time (duplicate names are found with a hash set). */
+
+#define ROWS_DEFAULT_MAX_ROW_BYTES ((size_t)2 << 20) /* 2 MiB */
+#define ROWS_DEFAULT_MAX_COLUMNS ((size_t)10000)
+
+typedef struct rows_limits {
+    size_t max_row_bytes;
+    size_t max_columns;
+} rows_limits;
+
+rows_limits rows_limits_default(void);
+
+/* Reads up to n bytes into buf: the count, 0 at the end, -1 with err set (its code and message are kept;
+ * the parser adds only loc). */
+typedef long (*rows_read_fn)(void *ud, char *buf, size_t n, lt_err *err);
+
+/* lim NULL = rows_limits_default(). */
+int rows_parse_stream(rows_read_fn rd, void *rd_ud, rows_format fmt, const rows_limits *lim,
+                      const char *split, const char *file, rows_fn fn, void *ud, rows_loc *loc, lt_err *err);
+int rows_check_stream(rows_read_fn rd, void *rd_ud, rows_format fmt, const rows_limits *lim,
+                      const char *split, const char *file, size_t *count, rows_loc *loc, lt_err *err);
+
 /* The rows of a dataset archive, in memory. */
 typedef struct rows_set {
     json_t *rows;  /* array of row objects */

@@ -34,7 +34,7 @@
 #define LINK_DEPTH 8
 
 archive_limits archive_limits_default(void) {
-    archive_limits l = {100000, (size_t)2 << 30, (size_t)4 << 30};
+    archive_limits l = {100000, (size_t)2 << 30, (size_t)4 << 30, 0, 0};
     return l;
 }
 
@@ -57,6 +57,7 @@ void archive_items_free(archive_items *items) {
     if (!items) return;
     for (size_t i = 0; i < items->n; i++) {
         free(items->v[i].path);
+        free(items->v[i].src);
         free(items->v[i].data);
     }
     free(items->v);
@@ -69,7 +70,7 @@ static int item_cmp(const void *a, const void *b) {
 
 const archive_item *archive_items_find(const archive_items *items, const char *path) {
     if (!items || !path || items->n == 0) return NULL;
-    archive_item key = {(char *)path, NULL, 0};
+    archive_item key = {(char *)path, NULL, 0, NULL};
     return bsearch(&key, items->v, items->n, sizeof key, item_cmp);
 }
 
@@ -145,6 +146,10 @@ typedef struct pending_link {
 
 typedef struct unpack_state {
     archive_limits lim;
+    const archive_want *want; /* NULL: every file's bytes are read into memory */
+    size_t want_used;         /* bytes of wanted files held so far */
+    size_t archive_size;      /* the archive's own (compressed) size, for the expansion ratio */
+    size_t declared;          /* sum of the sizes the headers declare */
     archive_items *out;
     pending_link *links;
     size_t nlinks, caplinks;
@@ -207,39 +212,88 @@ static int is_junk(const char *path) {
     return 0;
 }
 
-static int read_file_data(struct archive *a, unpack_state *st, const char *path, int64_t declared,
-                          lt_err *err) {
-    if (declared > 0 && (uint64_t)declared > st->lim.max_file_bytes)
+static int over_total(const archive_limits *lim, lt_err *err) {
+    return lt_err_set(err, 413, "archive: unpacked contents are over the limit of %zu bytes",
+                      lim->max_total_bytes);
+}
+
+/* The expansion-ratio rule: past ratio_floor bytes, the unpacked total may be at most max_ratio times the
+ * archive's own size. 0, or -1 with a 413. */
+static int check_ratio(const archive_limits *lim, size_t archive_size, size_t total, lt_err *err) {
+    if (!lim->max_ratio || !archive_size || total <= lim->ratio_floor) return 0;
+    if (total / lim->max_ratio < archive_size) return 0;
+    return lt_err_set(err, 413,
+                      "archive: unpacks to more than %u times its own size of %zu bytes (over %zu bytes "
+                      "so far); the expansion ratio limit is %u",
+                      lim->max_ratio, archive_size, total, lim->max_ratio);
+}
+
+/* What the headers declare is checked before any byte is read, so a bomb's first header stops it. */
+static int check_declared(unpack_state *st, const char *path, int64_t declared, lt_err *err) {
+    if (declared <= 0) return 0;
+    if ((uint64_t)declared > st->lim.max_file_bytes)
         return lt_err_set(err, 413, "archive: %s is %lld bytes, over the per-file limit of %zu bytes", path,
                           (long long)declared, st->lim.max_file_bytes);
-    strbuf sb = STRBUF_INIT;
+    st->declared += (size_t)declared;
+    if (st->declared > st->lim.max_total_bytes) return over_total(&st->lim, err);
+    return check_ratio(&st->lim, st->archive_size, st->declared, err);
+}
+
+/* Reads the current entry's bytes into memory, at most cap bytes (code 413 and `what` above). */
+static int read_into(struct archive *a, const unpack_state *st, const char *path, size_t cap,
+                     const char *what, strbuf *sb, lt_err *err) {
     char chunk[65536];
     for (;;) {
         la_ssize_t r = archive_read_data(a, chunk, sizeof chunk);
-        if (r == 0) break;
-        if (r < 0) {
-            sb_free(&sb);
+        if (r == 0) return 0;
+        if (r < 0)
             return lt_err_set(err, 400, "archive: malformed archive while reading %s: %s", path,
                               archive_error_string(a) ? archive_error_string(a) : "read error");
-        }
-        if (sb.len + (size_t)r > st->lim.max_file_bytes) {
+        if (sb->len + (size_t)r > cap)
+            return lt_err_set(err, 413, "archive: %s is over the %s of %zu bytes", path, what, cap);
+        if (st->out->total + sb->len + (size_t)r > st->lim.max_total_bytes) return over_total(&st->lim, err);
+        if (check_ratio(&st->lim, st->archive_size, st->out->total + sb->len + (size_t)r, err) != 0)
+            return -1;
+        sb_append(sb, chunk, (size_t)r);
+    }
+}
+
+static int read_file_data(struct archive *a, unpack_state *st, const char *path, int64_t declared,
+                          lt_err *err) {
+    if (check_declared(st, path, declared, err) != 0) return -1;
+    strbuf sb = STRBUF_INIT;
+    int keep = 1;
+    size_t size = 0;
+    if (st->want) {
+        keep = st->want->fn(path, st->want->ud);
+        if (keep && declared > 0 && (uint64_t)declared > st->want->max_file)
+            return lt_err_set(err, 413,
+                              "archive: %s is %lld bytes, over the limit of %zu bytes for this file", path,
+                              (long long)declared, st->want->max_file);
+        if (keep && st->want_used + (declared > 0 ? (size_t)declared : 0) > st->want->max_total)
+            return lt_err_set(err, 413,
+                              "archive: the manifests and prompts together are over the limit of %zu bytes",
+                              st->want->max_total);
+    }
+    if (keep) {
+        size_t cap = st->want ? st->want->max_file : st->lim.max_file_bytes;
+        if (read_into(a, st, path, cap, st->want ? "limit for this file" : "per-file limit", &sb, err) != 0) {
             sb_free(&sb);
-            return lt_err_set(err, 413, "archive: %s is over the per-file limit of %zu bytes", path,
-                              st->lim.max_file_bytes);
+            return -1;
         }
-        if (st->out->total + sb.len + (size_t)r > st->lim.max_total_bytes) {
-            sb_free(&sb);
-            return lt_err_set(err, 413, "archive: unpacked contents are over the limit of %zu bytes",
-                              st->lim.max_total_bytes);
-        }
-        sb_append(&sb, chunk, (size_t)r);
+        size = sb.len;
+        st->want_used += sb.len;
+    } else {
+        /* only the header's size is needed now; the bytes are read later, by archive_stream_files */
+        size = declared > 0 ? (size_t)declared : 0;
     }
     archive_item *x = items_push(st->out);
     x->path = lt_strdup(path);
-    x->size = sb.len;
+    x->src = lt_strdup(path);
+    x->size = size;
     if (sb.buf) {
         x->data = (unsigned char *)sb_steal(&sb);
-    } else {
+    } else if (keep) {
         x->data = calloc(1, 1);
         if (!x->data) abort();
     }
@@ -247,6 +301,8 @@ static int read_file_data(struct archive *a, unpack_state *st, const char *path,
     return 0;
 }
 
+/* Checks one header. The type and link rules come first, whatever the name: only then may a tool dropping
+ * (is_junk) be skipped, so a `.git` symlink out of the root is refused like any other. */
 static int unpack_entry(struct archive *a, struct archive_entry *e, unpack_state *st, lt_err *err) {
     const char *raw = archive_entry_pathname(e);
     if (!raw) return lt_err_set(err, 400, "archive: an entry has no name");
@@ -257,23 +313,24 @@ static int unpack_entry(struct archive *a, struct archive_entry *e, unpack_state
     mode_t type = archive_entry_filetype(e);
     const char *hard = archive_entry_hardlink(e);
     if (path[0] == '\0') {
-        if (type == AE_IFDIR) return 0; /* "./" */
+        if (type == AE_IFDIR && !hard) return 0; /* "./" */
         return lt_err_set(err, 400, "archive: an entry has an empty name");
     }
-    if (is_junk(path)) return 0; /* unsafe junk is refused above; safe junk is skipped here */
+    int junk = is_junk(path);
     if (hard) {
         char target[PATH_MAX_LEN];
         if (norm_path(hard, target, &why) != 0)
             return lt_err_set(err, 400, "archive: hard link %s points outside the archive (%s)", path, why);
         if (target[0] == '\0') return lt_err_set(err, 400, "archive: hard link %s has an empty target", path);
-        add_link(st, path, target, 1);
+        if (!junk) add_link(st, path, target, 1);
         return 0;
     }
     switch (type) {
     case AE_IFDIR:
-        add_dir(st, path);
+        if (!junk) add_dir(st, path);
         return 0;
     case AE_IFREG:
+        if (junk) return 0; /* its bytes are skipped with the next header */
         return read_file_data(a, st, path, archive_entry_size_is_set(e) ? archive_entry_size(e) : -1, err);
     case AE_IFLNK: {
         const char *t = archive_entry_symlink(e);
@@ -282,7 +339,7 @@ static int unpack_entry(struct archive *a, struct archive_entry *e, unpack_state
         if (!lt_utf8_valid(t, strlen(t)) || resolve_symlink(path, t, target) != 0)
             return lt_err_set(
                 err, 400, "archive: symbolic link %s points outside the archive root ('%.200s')", path, t);
-        add_link(st, path, target, 0);
+        if (!junk) add_link(st, path, target, 0);
         return 0;
     }
     case AE_IFCHR:
@@ -310,8 +367,50 @@ static const pending_link *find_link(const unpack_state *st, const char *path) {
     return bsearch(&key, st->links, st->nlinks, sizeof key, link_cmp);
 }
 
-/* Sorts the items and links, refuses duplicate paths, and turns each link into a copy of its final target's
- * bytes (following chains of links up to LINK_DEPTH). Leaves the items sorted. */
+/* 1 when path names a file or a link (files: the first nfiles items, sorted; links sorted). */
+static int is_file_or_link(const unpack_state *st, size_t nfiles, const char *path) {
+    archive_items files = {st->out->v, nfiles, st->out->cap, 0};
+    return archive_items_find(&files, path) != NULL || find_link(st, path) != NULL;
+}
+
+/* Refuses a path that is a file (or link) and also a directory: an explicit directory entry of the same
+ * name, or the parent of another entry. */
+static int check_file_dir(const unpack_state *st, size_t nfiles, const char *path, lt_err *err) {
+    char buf[PATH_MAX_LEN];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *slash = strchr(buf, '/'); slash; slash = strchr(slash + 1, '/')) {
+        *slash = '\0';
+        int clash = is_file_or_link(st, nfiles, buf);
+        if (clash)
+            return lt_err_set(
+                err, 400,
+                "archive: %s is both a file and a directory (%s is inside it); each path may be "
+                "one or the other",
+                buf, path);
+        *slash = '/';
+    }
+    return 0;
+}
+
+static int check_conflicts(const unpack_state *st, lt_err *err) {
+    size_t nfiles = st->out->n;
+    for (size_t i = 0; i < st->ndirs; i++) {
+        if (is_file_or_link(st, nfiles, st->dirs[i]))
+            return lt_err_set(err, 400,
+                              "archive: %s is both a file and a directory; each path may be one or the other",
+                              st->dirs[i]);
+        if (check_file_dir(st, nfiles, st->dirs[i], err) != 0) return -1;
+    }
+    for (size_t i = 0; i < nfiles; i++)
+        if (check_file_dir(st, nfiles, st->out->v[i].path, err) != 0) return -1;
+    for (size_t i = 0; i < st->nlinks; i++)
+        if (check_file_dir(st, nfiles, st->links[i].path, err) != 0) return -1;
+    return 0;
+}
+
+/* Sorts the items and links, refuses duplicate paths and file/directory clashes, and turns each link into a
+ * copy of its final target (following chains of links up to LINK_DEPTH): its bytes when the target's are in
+ * memory, and always its size and src. Leaves the items sorted. */
 static int finish_items(unpack_state *st, lt_err *err) {
     archive_items *it = st->out;
     if (it->n) qsort(it->v, it->n, sizeof *it->v, item_cmp); /* qsort(NULL, 0) is undefined */
@@ -325,6 +424,7 @@ static int finish_items(unpack_state *st, lt_err *err) {
             archive_items_find(it, st->links[i].path))
             return lt_err_set(err, 400, "archive: %s appears twice; each path may appear once",
                               st->links[i].path);
+    if (check_conflicts(st, err) != 0) return -1;
     size_t nfiles = it->n; /* copies are appended after the sorted files */
     for (size_t i = 0; i < st->nlinks; i++) {
         const pending_link *l = &st->links[i];
@@ -345,28 +445,41 @@ static int finish_items(unpack_state *st, lt_err *err) {
             return lt_err_set(err, 400, "archive: link %s points to %s, which is not a file in the archive",
                               l->path, l->target);
         }
-        if (it->total + target->size > st->lim.max_total_bytes)
-            return lt_err_set(err, 413, "archive: unpacked contents are over the limit of %zu bytes",
-                              st->lim.max_total_bytes);
+        if (it->total + target->size > st->lim.max_total_bytes) return over_total(&st->lim, err);
+        if (check_ratio(&st->lim, st->archive_size, it->total + target->size, err) != 0) return -1;
         size_t tidx = (size_t)(target - it->v);
         archive_item *x = items_push(it); /* may move it->v */
         const archive_item *src = &it->v[tidx];
         x->path = lt_strdup(l->path);
+        x->src = lt_strdup(src->src);
         x->size = src->size;
-        x->data = malloc(src->size + 1);
-        if (!x->data) abort();
-        memcpy(x->data, src->data, src->size);
-        x->data[x->size] = '\0';
+        if (src->data) {
+            if (st->want && st->want->fn(l->path, st->want->ud)) {
+                if (st->want_used + src->size > st->want->max_total)
+                    return lt_err_set(
+                        err, 413,
+                        "archive: the manifests and prompts together are over the limit of %zu bytes",
+                        st->want->max_total);
+                st->want_used += src->size;
+            }
+            x->data = malloc(src->size + 1);
+            if (!x->data) abort();
+            memcpy(x->data, src->data, src->size);
+            x->data[x->size] = '\0';
+        }
         it->total += x->size;
     }
     if (st->nlinks) qsort(it->v, it->n, sizeof *it->v, item_cmp);
     return 0;
 }
 
-static int unpack(struct archive *a, const archive_limits *lim, archive_items *out, lt_err *err) {
+static int unpack(struct archive *a, const archive_limits *lim, const archive_want *want, size_t archive_size,
+                  archive_items *out, lt_err *err) {
     assert(out && out->n == 0);
     unpack_state st = {0};
     st.lim = lim ? *lim : archive_limits_default();
+    st.want = want;
+    st.archive_size = archive_size;
     st.out = out;
     size_t entries = 0;
     int rc = 0;
@@ -417,24 +530,109 @@ int archive_unpack_mem(const void *buf, size_t n, const archive_limits *lim, arc
         const char *m = archive_error_string(a);
         rc = lt_err_set(err, 400, "archive: not a tar or tar.gz archive (%s)", m ? m : "unrecognized format");
     } else {
-        rc = unpack(a, lim, out, err);
+        rc = unpack(a, lim, NULL, n, out, err);
     }
     archive_read_free(a);
     return rc;
 }
 
-int archive_unpack_file(const char *path, const archive_limits *lim, archive_items *out, lt_err *err) {
+/* Opens the archive file for reading; *size receives its size. NULL with err. */
+static struct archive *open_file(const char *path, size_t *size, lt_err *err) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        lt_err_set(err, 400, "archive: cannot read the archive: %s", strerror(errno));
+        return NULL;
+    }
+    *size = (size_t)sb.st_size;
     struct archive *a = reader_new();
-    int rc;
     if (archive_read_open_filename(a, path, 65536) != ARCHIVE_OK) {
         const char *m = archive_error_string(a);
         /* the path is ours (a spooled upload), not the user's: keep it out of the message */
-        rc = lt_err_set(err, 400, "archive: not a tar or tar.gz archive (%s)", m ? m : "unreadable");
-    } else {
-        rc = unpack(a, lim, out, err);
+        lt_err_set(err, 400, "archive: not a tar or tar.gz archive (%s)", m ? m : "unreadable");
+        archive_read_free(a);
+        return NULL;
     }
+    return a;
+}
+
+static int unpack_file(const char *path, const archive_limits *lim, const archive_want *want,
+                       archive_items *out, lt_err *err) {
+    size_t size = 0;
+    struct archive *a = open_file(path, &size, err);
+    if (!a) return -1;
+    int rc = unpack(a, lim, want, size, out, err);
     archive_read_free(a);
     return rc;
+}
+
+int archive_unpack_file(const char *path, const archive_limits *lim, archive_items *out, lt_err *err) {
+    return unpack_file(path, lim, NULL, out, err);
+}
+
+int archive_scan_file(const char *path, const archive_limits *lim, const archive_want *want,
+                      archive_items *out, lt_err *err) {
+    assert(want && want->fn);
+    return unpack_file(path, lim, want, out, err);
+}
+
+/* ---- streaming the bytes of entries ---- */
+
+struct archive_stream {
+    struct archive *a;
+    const archive_limits *lim;
+    size_t archive_size;
+    size_t total; /* bytes read from every entry so far */
+    size_t file;  /* bytes read from this entry */
+    const char *path;
+};
+
+long archive_stream_read(archive_stream *s, void *buf, size_t n, lt_err *err) {
+    la_ssize_t r = archive_read_data(s->a, buf, n);
+    if (r < 0)
+        return lt_err_set(err, 400, "archive: malformed archive while reading %s: %s", s->path,
+                          archive_error_string(s->a) ? archive_error_string(s->a) : "read error");
+    s->file += (size_t)r;
+    s->total += (size_t)r;
+    if (s->file > s->lim->max_file_bytes)
+        return lt_err_set(err, 413, "archive: %s is over the per-file limit of %zu bytes", s->path,
+                          s->lim->max_file_bytes);
+    if (s->total > s->lim->max_total_bytes) return over_total(s->lim, err);
+    if (check_ratio(s->lim, s->archive_size, s->total, err) != 0) return -1;
+    return (long)r;
+}
+
+int archive_stream_files(const char *path, const archive_limits *lim, archive_stream_fn fn, void *ud,
+                         lt_err *err) {
+    archive_limits l = lim ? *lim : archive_limits_default();
+    archive_stream s = {0};
+    s.lim = &l;
+    s.a = open_file(path, &s.archive_size, err);
+    if (!s.a) return -1;
+    int rc = 0;
+    for (;;) {
+        struct archive_entry *e = NULL;
+        int r = archive_read_next_header(s.a, &e);
+        if (r == ARCHIVE_EOF) break;
+        if (r != ARCHIVE_OK && r != ARCHIVE_WARN) {
+            const char *m = archive_error_string(s.a);
+            rc = lt_err_set(err, 400, "archive: malformed archive (%s)", m ? m : "unreadable header");
+            break;
+        }
+        const char *raw = archive_entry_pathname(e);
+        char npath[PATH_MAX_LEN];
+        const char *why = NULL;
+        if (!raw || norm_path(raw, npath, &why) != 0) {
+            rc = lt_err_set(err, 400, "archive: unsafe entry '%.200s'", raw ? raw : "");
+            break;
+        }
+        if (archive_entry_filetype(e) != AE_IFREG || archive_entry_hardlink(e) || !npath[0] || is_junk(npath))
+            continue;
+        s.file = 0;
+        s.path = npath;
+        if ((rc = fn(npath, &s, ud, err)) != 0) break;
+    }
+    archive_read_free(s.a);
+    return rc ? -1 : 0;
 }
 
 int archive_items_root(archive_items *items, const char *manifest, lt_err *err) {

@@ -3,11 +3,12 @@
  * An uploaded artifact is an archive from the outside world, so reading one is defensive: every entry becomes
  * a plain (path, bytes) item or the whole archive is refused. Refused: absolute paths, `..` components, links
  * whose target leaves the archive root or does not exist, links to directories, device files, fifos and
- * sockets, duplicate paths, non-UTF-8 or control characters in names, and more entries / bytes than the
- * limits allow (the byte limits are enforced while decompressing, so a gzip bomb stops at the limit). Links
- * whose target lies inside the archive become copies of the target file; directories leave no item, and so do
- * tool droppings (.git, __pycache__, __MACOSX, .DS_Store, AppleDouble "._x" files), once their names passed
- * the checks above.
+ * sockets, duplicate paths, a path that is both a file and a directory, non-UTF-8 or control characters in
+ * names, and more entries / bytes / expansion than the limits allow (declared sizes are checked at each
+ * header and actual bytes while decompressing, so a gzip bomb stops at the limit). Links whose target lies
+ * inside the archive become copies of the target file; directories leave no item, and so do tool droppings
+ * (.git, __pycache__, __MACOSX, .DS_Store, AppleDouble "._x" files), but only once the entry passed every
+ * check above: the type and link rules apply whatever the name.
  *
  * Error codes (lt_err.code): 400 unreadable or unsafe archive, 413 over a limit, 422 manifest not found.
  *
@@ -23,8 +24,11 @@
 
 typedef struct archive_item {
     char *path;          /* normalized: relative, '/'-separated, no "." or ".." components, no trailing '/' */
-    unsigned char *data; /* malloc'd, NUL-terminated after size bytes (handy for text parsers) */
+    unsigned char *data; /* malloc'd, NUL-terminated after size bytes (handy for text parsers); NULL for the
+                            files archive_scan_file did not read */
     size_t size;
+    char *src; /* the entry whose bytes these are, as named in the archive (normalized): the path itself, or
+                  a link's final target; archive_items_root leaves it unstripped */
 } archive_item;
 
 typedef struct archive_items {
@@ -39,10 +43,13 @@ typedef struct archive_items {
 typedef struct archive_limits {
     size_t max_entries;     /* headers of any kind, directories included */
     size_t max_file_bytes;  /* one file, unpacked */
-    size_t max_total_bytes; /* all files together, unpacked */
+    size_t max_total_bytes; /* all files together, unpacked (links count as copies) */
+    unsigned max_ratio;     /* unpacked total / the archive's own size, checked once the total is over
+                               ratio_floor; 0 = no ratio check */
+    size_t ratio_floor;
 } archive_limits;
 
-/* 100,000 entries, 2 GiB per file, 4 GiB in all. */
+/* 100,000 entries, 2 GiB per file, 4 GiB in all, no ratio check. */
 archive_limits archive_limits_default(void);
 
 /* Reads a tar (ustar, pax, GNU), optionally gzip-compressed, from memory. lim NULL = defaults. On success
@@ -52,6 +59,39 @@ int archive_unpack_mem(const void *buf, size_t n, const archive_limits *lim, arc
 
 /* The same, reading the archive from a file. */
 int archive_unpack_file(const char *path, const archive_limits *lim, archive_items *out, lt_err *err);
+
+/* ---- streaming: bounded memory whatever the archive holds ----
+ *
+ * An upload is read twice from its file, never unpacked: archive_scan_file checks every header with all the
+ * rules above (the declared sizes against the byte and ratio limits before any byte is read) and keeps in
+ * memory only the few small files `want` picks (manifests, prompts); archive_stream_files then walks the
+ * archive again and hands each regular file to a callback that reads its bytes in chunks (a row parser). */
+
+typedef struct archive_want {
+    int (*fn)(const char *path, void *ud); /* 1 = read this file's bytes into memory */
+    void *ud;
+    size_t max_file;  /* one wanted file (413 above) */
+    size_t max_total; /* every wanted file together (413 above) */
+} archive_want;
+
+/* Like archive_unpack_file, but only the wanted files get data; the others have data NULL and the size
+ * their header declares. Items' src name the entry to stream for each path (links resolved). */
+int archive_scan_file(const char *path, const archive_limits *lim, const archive_want *want,
+                      archive_items *out, lt_err *err);
+
+typedef struct archive_stream archive_stream;
+
+/* Reads up to n bytes of the current entry: the count, 0 at its end, -1 with err (400 malformed, 413 over a
+ * limit of lim, counted on the bytes actually read). */
+long archive_stream_read(archive_stream *s, void *buf, size_t n, lt_err *err);
+
+/* Called for each regular file (not a link, not a tool dropping) with its normalized path; it may read the
+ * bytes with archive_stream_read or leave them (they are skipped). 0 goes on; non-zero stops with err. */
+typedef int (*archive_stream_fn)(const char *src, archive_stream *s, void *ud, lt_err *err);
+
+/* Walks the archive at path (already checked by archive_scan_file) in archive order. 0, or -1 with err. */
+int archive_stream_files(const char *path, const archive_limits *lim, archive_stream_fn fn, void *ud,
+                         lt_err *err);
 
 /* Finds an item by normalized path; NULL when absent. Borrowed pointer, valid until the items change. */
 const archive_item *archive_items_find(const archive_items *items, const char *path);

@@ -502,6 +502,8 @@ static int load(ctx *c, const archive_items *items, manifest_kind kind, manifest
     c->doc.root = c->doc.lines = NULL;
     const archive_item *it = archive_items_find(items, c->file);
     if (!it) return fail(err, loc, 422, c->file, 0, "not found at the archive root");
+    if (!it->data) /* archive_scan_file left it unread: over the reader's size limit for manifests */
+        return fail(err, loc, 413, c->file, 0, "is too large to be a manifest (%zu bytes)", it->size);
     if (manifest_yaml_parse((const char *)it->data, it->size, c->file, &c->doc, loc, err) != 0) return -1;
     if (!json_is_object(c->doc.root)) {
         int rc = fail(err, loc, 422, c->file, line_of(c, ""),
@@ -826,6 +828,8 @@ json_t *manifest_capability(const archive_items *items, char **prompt, manifest_
         pf = find_prompt(&c, items, entry, &rc);
         ok = rc == 0;
     }
+    if (ok && pf && !pf->data)
+        ok = fail(err, loc, 413, pf->path, 0, "the prompt file is too large (%zu bytes)", pf->size) == 0;
     if (ok && pf) {
         if (!lt_utf8_valid((const char *)pf->data, pf->size) || strlen((const char *)pf->data) != pf->size)
             ok = fail(err, loc, 422, pf->path, 0, "the prompt is not valid UTF-8 text") == 0;

@@ -6,7 +6,7 @@
 #include "util/archive.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    archive_limits lim = {1000, 1u << 20, 4u << 20};
+    archive_limits lim = {1000, 1u << 20, 4u << 20, 0, 0};
     archive_items items = ARCHIVE_ITEMS_INIT;
     lt_err err;
     if (archive_unpack_mem(data, size, &lim, &items, &err) == 0) {

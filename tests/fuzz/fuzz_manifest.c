@@ -26,9 +26,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     unsigned char *copy = malloc(n + 1);
     memcpy(copy, text, n);
     copy[n] = '\0';
-    v[0] = (archive_item){(char *)"a.jsonl", (unsigned char *)"{}", 2};
-    v[1] = (archive_item){(char *)"agents/x.md", (unsigned char *)"---\na: 1\n---\nhi", 15};
-    v[2] = (archive_item){(char *)manifest_file_name(kind), copy, n};
+    v[0] = (archive_item){(char *)"a.jsonl", (unsigned char *)"{}", 2, NULL};
+    v[1] = (archive_item){(char *)"agents/x.md", (unsigned char *)"---\na: 1\n---\nhi", 15, NULL};
+    v[2] = (archive_item){(char *)manifest_file_name(kind), copy, n, NULL};
     archive_items items = {v, 3, 3, n + 18};
     json_t *m = NULL;
     char *prompt = NULL;

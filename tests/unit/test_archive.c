@@ -201,15 +201,15 @@ static void test_limits(void **state) {
     ent e[] = {{"a", AE_IFREG, "0123456789"}, {"b", AE_IFREG, "0123456789"}, {"c/", AE_IFDIR, NULL}};
     archive_items it = ARCHIVE_ITEMS_INIT;
     lt_err err;
-    archive_limits lim = {2, 100, 100};
+    archive_limits lim = {2, 100, 100, 0, 0};
     assert_int_equal(try_unpack(e, N(e), 0, &lim, &it, &err), -1);
     assert_int_equal(err.code, 413);
     assert_string_equal(err.msg, "archive: more than 2 entries");
-    lim = (archive_limits){10, 5, 100};
+    lim = (archive_limits){10, 5, 100, 0, 0};
     assert_int_equal(try_unpack(e, N(e), 0, &lim, &it, &err), -1);
     assert_int_equal(err.code, 413);
     assert_string_equal(err.msg, "archive: a is 10 bytes, over the per-file limit of 5 bytes");
-    lim = (archive_limits){10, 100, 15};
+    lim = (archive_limits){10, 100, 15, 0, 0};
     assert_int_equal(try_unpack(e, N(e), 1, &lim, &it, &err), -1);
     assert_int_equal(err.code, 413);
     assert_string_equal(err.msg, "archive: unpacked contents are over the limit of 15 bytes");
@@ -232,7 +232,7 @@ static void test_gzip_bomb(void **state) {
     assert_true(len < (1u << 20));
     archive_items it = ARCHIVE_ITEMS_INIT;
     lt_err err;
-    archive_limits lim = {100, (size_t)1 << 30, 1u << 20};
+    archive_limits lim = {100, (size_t)1 << 30, 1u << 20, 0, 0};
     assert_int_equal(archive_unpack_mem(buf, len, &lim, &it, &err), -1);
     assert_int_equal(err.code, 413);
     free(buf);

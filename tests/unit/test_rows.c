@@ -408,6 +408,7 @@ static void add_item(archive_items *it, const char *path, const char *data) {
     it->v[it->n].path = lt_strdup(path);
     it->v[it->n].data = (unsigned char *)lt_strdup(data);
     it->v[it->n].size = strlen(data);
+    it->v[it->n].src = NULL;
     it->n++;
     it->cap = it->n;
     qsort(it->v, it->n, sizeof *it->v, cmp_item);
