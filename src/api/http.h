@@ -192,6 +192,15 @@ int api_verr_extra_fields(json_t *errors, const json_t *obj, const char *const *
  * into resp and returns -1: the handler then returns 0. */
 int api_authorize(api_req *req, api_resp *resp, const char *org, const char *ws, int min_role, unsigned scope,
                   store_org *org_out, store_workspace *ws_out, int *role_out);
+/* Identity administration (POST /orgs, workspaces, projects, members and their list, API keys: see
+ * docs/security.md): needs an unrestricted key (all scopes, no org or workspace limit), else 403. org NULL: a
+ * user-level action; otherwise api_authorize's checks for org (and ws when not NULL) with min_role run
+ * first. Both functions claim the request's Idempotency-Key when they pass: a replay or 409 is then written
+ * into resp and -1 returned, like a refusal. */
+int api_authorize_admin(api_req *req, api_resp *resp, const char *org, const char *ws, int min_role,
+                        store_org *org_out, store_workspace *ws_out);
+/* 1 when the key has every scope and no org or workspace limit. */
+int api_key_unrestricted(const store_apikey *k);
 
 /* ---- streaming responses (Server-Sent Events, long downloads) ---- */
 

@@ -35,8 +35,20 @@ void api_resp_clear(api_resp *r, int keep_headers);
 /* Replaces a header of that name, or adds it. */
 void api_resp_set_header(api_resp *r, const char *name, const char *value);
 
+/* Idempotency-Key states of a request (auth.c). */
+enum {
+    API_IDEM_NONE = 0,     /* the route is not idempotent, or no Idempotency-Key was sent */
+    API_IDEM_PENDING = 1,  /* noted by api_idem_prepare; claimed when the route's authorization passes */
+    API_IDEM_RESERVED = 2, /* claimed and new: api_idem_settle stores the 2xx or drops the reservation */
+    API_IDEM_ANSWERED = 3, /* claimed and answered (replay or 409), or settled */
+};
+
 struct api_req_private {
     struct MHD_Connection *conn;
+    const char *idem_key; /* the Idempotency-Key header (borrowed from libmicrohttpd) */
+    char idem_route[512]; /* "POST /api/v1/..." */
+    char idem_hash[LT_SHA256_HEX];
+    int idem_state; /* API_IDEM_* */
 };
 
 /* ---- auth.c ---- */
@@ -44,6 +56,13 @@ struct api_req_private {
 /* Reads X-API-Key or Authorization: Bearer, verifies the key, fills req->principal. 0 ok, -1 with the 401
  * (or store error) written into resp. */
 int api_authenticate(api_req *req, api_resp *resp);
+/* Notes the request's Idempotency-Key when the route is idempotent (the record is looked up later, by
+ * api_authorize / api_authorize_admin once the route's authorization passed). 0, or -1 with a 400 in resp
+ * (key longer than 255 characters). */
+int api_idem_prepare(api_req *req, api_resp *resp, int idempotent, const char *method, const char *path,
+                     const char *body, size_t body_len);
+/* After the handler: stores a 2xx in-memory answer under the reserved key, or drops the reservation. */
+void api_idem_settle(api_req *req, const api_resp *resp);
 
 /* ---- ratelimit.c: token buckets per API key ---- */
 

@@ -4,8 +4,14 @@
  * Each handler reads like the route table: authorize (api_authorize gives 404 to non-members and 403 to
  * roles that are too low), validate the body (every problem is one errors[] item; unknown fields are
  * `extra_forbidden`), call the store, render. Reads need membership; writes under an org need the owner
- * role. Keys are created within the limits of the key that creates them: a key limited to an org, a
- * workspace or some scopes cannot mint a key with wider powers (403).
+ * role.
+ *
+ * Identity administration needs an unrestricted key (api_authorize_admin: all scopes, no org or workspace
+ * limit): creating orgs, workspaces and projects; listing, adding, changing and removing members; creating
+ * and listing API keys; revoking any key but the caller's own. A scoped or limited key may read what it
+ * needs to use its scopes (GET /user, /orgs, workspaces and projects, within its limits) and revoke itself.
+ * POST /user/api-keys refuses Idempotency-Key (400): its answer holds the new key's plaintext, which must
+ * never be stored.
  *
  * Records render with their slugs under "key" and timestamps as RFC 3339 strings. */
 #include <stdio.h>
@@ -184,8 +190,11 @@ static int h_user(api_req *req, api_resp *resp) {
     }
     json_t *o = user_json(&req->principal.user);
     json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        /* A key limited to one org sees that org only (as in GET /orgs). */
+        if (req->principal.key.org_id[0] && strcmp(req->principal.key.org_id, orgs[i].org.id) != 0) continue;
         json_array_append_new(arr, org_json(&orgs[i].org, orgs[i].role));
+    }
     free(orgs);
     json_object_set_new(o, "orgs", arr);
     json_object_set_new(o, "api_key", key_json(d, &req->principal.key));
@@ -200,6 +209,16 @@ static const char *const KEY_FIELDS[] = {"name", "org", "workspace", "scopes", N
 static int h_keys_create(api_req *req, api_resp *resp) {
     db *d = req->ctx->db;
     const api_principal *p = &req->principal;
+    if (api_authorize_admin(req, resp, NULL, NULL, STORE_ROLE_NONE, NULL, NULL) != 0) return 0;
+    const char *ikey = api_header(req, "Idempotency-Key");
+    if (ikey && *ikey) {
+        api_error(
+            resp, 400, "bad_request",
+            "POST /api/v1/user/api-keys does not take an Idempotency-Key: its answer holds the new key, "
+            "which is never stored; drop the header (a retried create makes a second key: revoke the "
+            "extra one)");
+        return 0;
+    }
     json_t *errors = json_array();
     json_t *body = body_object(req, errors);
     json_t *prefix = api_loc("body", NULL);
@@ -268,22 +287,7 @@ static int h_keys_create(api_req *req, api_resp *resp) {
             return 0;
         }
     }
-    /* No key may mint a key wider than itself. */
-    if (p->key.org_id[0] && (!org || strcmp(o.id, p->key.org_id) != 0)) {
-        api_error(resp, 403, "permission_denied",
-                  "this API key is limited to one organization; a key it creates must be limited to it too");
-        return 0;
-    }
-    if (p->key.workspace_id[0] && (!ws || strcmp(w.id, p->key.workspace_id) != 0)) {
-        api_error(resp, 403, "permission_denied",
-                  "this API key is limited to one workspace; a key it creates must be limited to it too");
-        return 0;
-    }
     unsigned want = scopes ? scopes : STORE_SCOPES_ALL;
-    if (want & ~p->key.scopes) {
-        api_error(resp, 403, "permission_denied", "a new key cannot have scopes that this API key lacks");
-        return 0;
-    }
     char key[STORE_KEY_LEN];
     store_apikey k;
     if (store_apikey_create(d, p->user.id, name, org ? o.id : NULL, ws ? w.id : NULL, want, key, &k, &err) !=
@@ -307,6 +311,7 @@ static int h_keys_create(api_req *req, api_resp *resp) {
 
 static int h_keys_list(api_req *req, api_resp *resp) {
     db *d = req->ctx->db;
+    if (api_authorize_admin(req, resp, NULL, NULL, STORE_ROLE_NONE, NULL, NULL) != 0) return 0;
     lt_err err = {0};
     store_apikey *keys = NULL;
     size_t n = 0;
@@ -325,6 +330,10 @@ static int h_keys_list(api_req *req, api_resp *resp) {
 static int h_keys_delete(api_req *req, api_resp *resp) {
     const char *id = api_param(req, "id");
     lt_err err = {0};
+    /* Any key may revoke itself; revoking another key is identity administration. */
+    if (!(id && !strcmp(id, req->principal.key.id)) &&
+        api_authorize_admin(req, resp, NULL, NULL, STORE_ROLE_NONE, NULL, NULL) != 0)
+        return 0;
     if (!lt_is_uuid(id)) {
         api_error(resp, 404, "not_found", "API key not found");
         return 0;
@@ -378,12 +387,9 @@ static int key_name_body(api_req *req, api_resp *resp, const char **key, const c
 }
 
 static int h_orgs_create(api_req *req, api_resp *resp) {
+    if (api_authorize_admin(req, resp, NULL, NULL, STORE_ROLE_NONE, NULL, NULL) != 0) return 0;
     const char *key, *name;
     if (key_name_body(req, resp, &key, &name) != 0) return 0;
-    if (req->principal.key.org_id[0]) {
-        api_error(resp, 403, "permission_denied", "this API key is limited to one organization");
-        return 0;
-    }
     lt_err err = {0};
     store_org o;
     if (store_org_create(req->ctx->db, key, name, req->principal.user.id, &o, &err) != 0) {
@@ -421,7 +427,7 @@ static int h_ws_list(api_req *req, api_resp *resp) {
 
 static int h_ws_create(api_req *req, api_resp *resp) {
     store_org o;
-    if (api_authorize(req, resp, api_param(req, "org"), NULL, STORE_ROLE_OWNER, 0, &o, NULL, NULL) != 0)
+    if (api_authorize_admin(req, resp, api_param(req, "org"), NULL, STORE_ROLE_OWNER, &o, NULL) != 0)
         return 0;
     const char *key, *name;
     if (key_name_body(req, resp, &key, &name) != 0) return 0;
@@ -457,8 +463,8 @@ static int h_projects_list(api_req *req, api_resp *resp) {
 
 static int h_projects_create(api_req *req, api_resp *resp) {
     store_workspace w;
-    if (api_authorize(req, resp, api_param(req, "org"), api_param(req, "ws"), STORE_ROLE_OWNER, 0, NULL, &w,
-                      NULL) != 0)
+    if (api_authorize_admin(req, resp, api_param(req, "org"), api_param(req, "ws"), STORE_ROLE_OWNER, NULL,
+                            &w) != 0)
         return 0;
     const char *key, *name;
     if (key_name_body(req, resp, &key, &name) != 0) return 0;
@@ -487,7 +493,7 @@ static json_t *member_json(const store_user *u, int role, int64_t since) {
 
 static int h_members_list(api_req *req, api_resp *resp) {
     store_org o;
-    if (api_authorize(req, resp, api_param(req, "org"), NULL, STORE_ROLE_READER, 0, &o, NULL, NULL) != 0)
+    if (api_authorize_admin(req, resp, api_param(req, "org"), NULL, STORE_ROLE_READER, &o, NULL) != 0)
         return 0;
     lt_err err = {0};
     store_member *ms = NULL;
@@ -508,7 +514,7 @@ static const char *const MEMBER_FIELDS[] = {"email", "role", NULL};
 
 static int h_members_add(api_req *req, api_resp *resp) {
     store_org o;
-    if (api_authorize(req, resp, api_param(req, "org"), NULL, STORE_ROLE_OWNER, 0, &o, NULL, NULL) != 0)
+    if (api_authorize_admin(req, resp, api_param(req, "org"), NULL, STORE_ROLE_OWNER, &o, NULL) != 0)
         return 0;
     db *d = req->ctx->db;
     json_t *errors = json_array();
@@ -559,7 +565,7 @@ static int h_members_add(api_req *req, api_resp *resp) {
 
 static int h_members_remove(api_req *req, api_resp *resp) {
     store_org o;
-    if (api_authorize(req, resp, api_param(req, "org"), NULL, STORE_ROLE_OWNER, 0, &o, NULL, NULL) != 0)
+    if (api_authorize_admin(req, resp, api_param(req, "org"), NULL, STORE_ROLE_OWNER, &o, NULL) != 0)
         return 0;
     const char *uid = api_param(req, "user_id");
     lt_err err = {0};
@@ -578,7 +584,7 @@ static int h_members_remove(api_req *req, api_resp *resp) {
 void api_routes_identity(api_router *r) {
     api_route(r, "GET", "/api/v1/user", h_user, 0, 0);
     api_route(r, "GET", "/api/v1/user/api-keys", h_keys_list, 0, 0);
-    api_route(r, "POST", "/api/v1/user/api-keys", h_keys_create, API_IDEMPOTENT, 0);
+    api_route(r, "POST", "/api/v1/user/api-keys", h_keys_create, 0, 0); /* Idempotency-Key: 400 */
     api_route(r, "DELETE", "/api/v1/user/api-keys/{id}", h_keys_delete, 0, 0);
     api_route(r, "GET", "/api/v1/orgs", h_orgs_list, 0, 0);
     api_route(r, "POST", "/api/v1/orgs", h_orgs_create, API_IDEMPOTENT, 0);

@@ -741,32 +741,6 @@ static int content_type_is_json(const char *ct) {
     return ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ';
 }
 
-/* The idempotency route key: method + actual path. */
-static void idem_route(const req_state *rs, char *out, size_t cap) {
-    snprintf(out, cap, "%s %.400s", rs->method, rs->path);
-}
-
-/* Stores a response for replay: {"status", "location", "body"} as text. */
-static char *idem_record(const api_resp *r) {
-    json_t *o = json_object();
-    json_object_set_new(o, "body", json_stringn(r->body ? r->body : "", r->body ? r->body_len : 0));
-    for (int i = 0; i < r->nheaders; i++)
-        if (!strcasecmp(r->hname[i], "Location")) json_object_set_new(o, "location", json_string(r->hval[i]));
-    char *text = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return text;
-}
-
-static void idem_replay(api_resp *r, int status, const char *record) {
-    json_t *o = json_loads(record, 0, NULL);
-    const char *body = json_string_value(json_object_get(o, "body"));
-    const char *loc = json_string_value(json_object_get(o, "location"));
-    api_raw(r, status, "application/json; charset=utf-8", body ? body : "", body ? strlen(body) : 0);
-    if (loc) api_header_add(r, "Location", loc);
-    api_header_add(r, "Idempotent-Replayed", "true");
-    json_decref(o);
-}
-
 /* The checks that need only the headers: client version (426), authentication (401), rate limit (429).
  * They run when the headers arrive, before any body is read or spooled. 0, or -1 with the answer in rs->resp.
  */
@@ -803,7 +777,6 @@ static int admit(req_state *rs) {
 
 /* Runs everything after the body has arrived; leaves the answer in rs->resp. */
 static void pipeline(req_state *rs) {
-    api_server *srv = rs->srv;
     api_req *req = &rs->req;
     api_resp *resp = &rs->resp;
     route *rt = rs->route;
@@ -853,45 +826,10 @@ static void pipeline(req_state *rs) {
         req->body = "";
         req->body_len = 0;
     }
-    /* Idempotency-Key: replay or refuse before running the handler. */
-    const char *ikey = (rt->flags & API_IDEMPOTENT) && req->principal.authenticated
-                           ? api_header(req, "Idempotency-Key")
-                           : NULL;
-    char iroute[512], hash[LT_SHA256_HEX];
-    int reserved = 0;
-    if (ikey && *ikey) {
-        if (strlen(ikey) > 255) {
-            api_error(resp, 400, "bad_request", "Idempotency-Key must be at most 255 characters");
-            return;
-        }
-        idem_route(rs, iroute, sizeof iroute);
-        lt_sha256_hex(rs->body.buf ? rs->body.buf : "", rs->body.len, hash);
-        int status = 0;
-        char *record = NULL;
-        lt_err err = {0};
-        int r =
-            store_idem_begin(srv->ctx.db, ikey, req->principal.user.id, iroute, hash, &status, &record, &err);
-        if (r < 0) {
-            api_error_from(resp, &err);
-            return;
-        }
-        if (r == STORE_IDEM_REPLAY) {
-            idem_replay(resp, status, record);
-            free(record);
-            return;
-        }
-        if (r == STORE_IDEM_CONFLICT) {
-            api_error(resp, 409, "idempotency_conflict",
-                      "Idempotency-Key '%.100s' was already used with a different request body", ikey);
-            return;
-        }
-        if (r == STORE_IDEM_IN_FLIGHT) {
-            api_error(resp, 409, "idempotency_conflict",
-                      "a request with Idempotency-Key '%.100s' is still being processed; retry later", ikey);
-            return;
-        }
-        reserved = 1;
-    }
+    /* Idempotency-Key: noted now, claimed by the handler's api_authorize once authorization passed. */
+    if (api_idem_prepare(req, resp, (rt->flags & API_IDEMPOTENT) != 0, rs->method, rs->path, rs->body.buf,
+                         rs->body.len) != 0)
+        return;
     int rc = rt->h(req, resp);
     if (rc != 0 || resp->status == 0 || resp->kind == RESP_NONE) {
         if (rc != 0 && resp->status >= 400)
@@ -903,18 +841,7 @@ static void pipeline(req_state *rs) {
             api_error(resp, 500, "internal_error", "internal error (request %s)", req->request_id);
         }
     }
-    if (reserved) {
-        lt_err err = {0};
-        if (resp->status >= 200 && resp->status < 300 && resp->kind == RESP_MEM) {
-            char *record = idem_record(resp);
-            if (store_idem_finish(srv->ctx.db, ikey, req->principal.user.id, iroute, resp->status, record,
-                                  &err) != 0)
-                lt_log(LOG_WARN, "cannot store the idempotency record: %s", err.msg);
-            free(record);
-        } else if (store_idem_abandon(srv->ctx.db, ikey, req->principal.user.id, iroute, &err) != 0) {
-            lt_log(LOG_WARN, "cannot drop the idempotency reservation: %s", err.msg);
-        }
-    }
+    api_idem_settle(req, resp);
 }
 
 static void consume_body(req_state *rs, const char *data, size_t n) {
@@ -1169,6 +1096,16 @@ static void server_free(api_server *srv) {
     free(srv);
 }
 
+/* The data dir holds the store and uploads: private to the server's user (docs/security.md). A directory
+ * made earlier with group/other bits loses them; one that cannot be changed (another user's) is logged. */
+static void tighten_dir(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode) || !(st.st_mode & 077)) return;
+    if (chmod(path, st.st_mode & 0700) != 0)
+        lt_log(LOG_WARN, "cannot make %s private (mode %03o): %s", path, (unsigned)(st.st_mode & 0777),
+               strerror(errno));
+}
+
 api_server *api_server_start(const api_config *cfg, lt_err *err) {
     api_server *srv = calloc(1, sizeof *srv);
     if (!srv) {
@@ -1202,12 +1139,15 @@ api_server *api_server_start(const api_config *cfg, lt_err *err) {
     srv->ctx.data_dir = srv->cfg.data_dir;
     srv->ctx.models_dir = srv->models_dir;
     srv->ctx.tmp_dir = srv->tmp_dir;
-    if (lt_mkdir_p(srv->cfg.data_dir, 0755, err) != 0 || lt_mkdir_p(srv->tmp_dir, 0755, err) != 0 ||
-        lt_mkdir_p(srv->models_dir, 0755, err) != 0) {
+    umask(077); /* everything the server (and what it spawns) creates is 0600 / 0700 */
+    if (lt_mkdir_p(srv->cfg.data_dir, 0700, err) != 0 || lt_mkdir_p(srv->tmp_dir, 0700, err) != 0 ||
+        lt_mkdir_p(srv->models_dir, 0700, err) != 0) {
         lt_err_prefix(err, "data dir: ");
         server_free(srv);
         return NULL;
     }
+    tighten_dir(srv->cfg.data_dir);
+    tighten_dir(srv->tmp_dir);
     srv->ctx.db = db_open(srv->db_url, err);
     if (!srv->ctx.db || db_migrate(srv->ctx.db, err) != 0) {
         server_free(srv);

@@ -33,10 +33,12 @@
  * "already exists"), SQLITE_BUSY after the timeout is 503, anything else 500 with SQLite's message. */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "store/db.h"
@@ -92,6 +94,28 @@ static int sq_fail(sqlite3 *conn, int rc, lt_err *err, const char *what) {
                       conn ? sqlite3_errmsg(conn) : sqlite3_errstr(rc));
 }
 
+/* File modes: the database holds key hashes and everything else of the store, so the file and its -wal and
+ * -shm companions are 0600 (SQLite gives the companions the database file's mode). A new database file is
+ * created here with 0600 before SQLite opens it; an existing one with wider bits is tightened by path, never
+ * through a descriptor: closing any descriptor of the file would drop the POSIX locks that this process's
+ * other connections hold on it. Failures (a file of another user, a read-only mount) are left for
+ * sqlite3_open_v2 to report or to live with. */
+static void sq_tighten_modes(const char *path, int create) {
+    if (!strncmp(path, "file:", 5)) return; /* a URI: its owner chose */
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+        char p[4096];
+        struct stat st;
+        if (snprintf(p, sizeof p, "%s%s", path, suffixes[i]) >= (int)sizeof p) continue;
+        if (lstat(p, &st) == 0) {
+            if (S_ISREG(st.st_mode) && (st.st_mode & 077)) chmod(p, st.st_mode & 0700);
+        } else if (i == 0 && errno == ENOENT && create) {
+            int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+            if (fd >= 0) close(fd);
+        }
+    }
+}
+
 static void *sq_connect(const char *target, int create, lt_err *err) {
     char memname[96];
     const char *path = target;
@@ -109,6 +133,7 @@ static void *sq_connect(const char *target, int create, lt_err *err) {
                    "sqlite URL has an empty path: use sqlite:PATH, e.g. sqlite:./lathe-data/lathe.db");
         return NULL;
     }
+    if (path == target) sq_tighten_modes(path, create);
     sqlite3 *conn = NULL;
     int rc = sqlite3_open_v2(path, &conn, flags, NULL);
     if (rc != SQLITE_OK) {

@@ -12,7 +12,8 @@
  * last_used_at is written at most once a second per key so that a busy client does not queue on the write
  * lock for every request; a verified key is then cached for a few seconds (see "verified-key cache" below).
  *
- * Idempotency records are keyed by (Idempotency-Key, user, route). store_idem_begin reserves the key in one
+ * Idempotency records are keyed by (Idempotency-Key, caller's API key id, route): one key never sees another
+ * key's records, not even a key of the same user. store_idem_begin reserves the key in one
  * write transaction (status 0 = in flight), so two concurrent requests with the same key cannot both run;
  * store_idem_finish stores the response; records older than 24 h are treated as absent.
  *
@@ -89,6 +90,20 @@ const db_migration db_migrations_core[] = {
      " response TEXT,"
      " created_at BIGINT NOT NULL,"
      " PRIMARY KEY (idem_key, user_id, route));"
+     "CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at)"},
+    /* Records were per user and replayed before authorization (issue 15): drop them all (a record of
+     * POST /user/api-keys held a plaintext key) and key the table by the caller's API key. */
+    {"idempotency records per API key",
+     "DROP TABLE idempotency_keys;"
+     "CREATE TABLE idempotency_keys ("
+     " idem_key TEXT NOT NULL,"
+     " api_key_id TEXT NOT NULL,"
+     " route TEXT NOT NULL,"
+     " body_hash TEXT NOT NULL,"
+     " status INTEGER NOT NULL,"
+     " response TEXT,"
+     " created_at BIGINT NOT NULL,"
+     " PRIMARY KEY (idem_key, api_key_id, route));"
      "CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at)"},
     {NULL, NULL},
 };
@@ -877,7 +892,7 @@ int store_apikey_revoke(db *d, const char *user_id, const char *key_id, lt_err *
 /* ---- idempotency ---- */
 
 struct idem_args {
-    const char *key, *user_id, *route, *body_hash;
+    const char *key, *api_key_id, *route, *body_hash;
     int *status;
     char **body;
     int result;
@@ -888,8 +903,8 @@ static int idem_begin_tx(db *d, void *p, lt_err *err) {
     int64_t now = lt_now_ms();
     db_stmt *s = db_query(d, err,
                           "SELECT body_hash, status, response, created_at FROM idempotency_keys "
-                          "WHERE idem_key = ? AND user_id = ? AND route = ?",
-                          "ttt", a->key, a->user_id, a->route);
+                          "WHERE idem_key = ? AND api_key_id = ? AND route = ?",
+                          "ttt", a->key, a->api_key_id, a->route);
     if (!s) return -1;
     int rc = db_step(s, err);
     if (rc == DB_ERROR) {
@@ -914,24 +929,24 @@ static int idem_begin_tx(db *d, void *p, lt_err *err) {
     }
     db_finalize(s);
     /* New, or expired: (re)reserve it. */
-    if (db_run(d, err, "DELETE FROM idempotency_keys WHERE idem_key = ? AND user_id = ? AND route = ?", "ttt",
-               a->key, a->user_id, a->route) < 0)
+    if (db_run(d, err, "DELETE FROM idempotency_keys WHERE idem_key = ? AND api_key_id = ? AND route = ?",
+               "ttt", a->key, a->api_key_id, a->route) < 0)
         return -1;
     if (db_run(d, err,
-               "INSERT INTO idempotency_keys (idem_key, user_id, route, body_hash, status, response, "
+               "INSERT INTO idempotency_keys (idem_key, api_key_id, route, body_hash, status, response, "
                "created_at) "
                "VALUES (?,?,?,?,0,NULL,?)",
-               "tttti", a->key, a->user_id, a->route, a->body_hash, now) < 0)
+               "tttti", a->key, a->api_key_id, a->route, a->body_hash, now) < 0)
         return -1;
     a->result = STORE_IDEM_NEW;
     return 0;
 }
 
-int store_idem_begin(db *d, const char *key, const char *user_id, const char *route, const char *body_hash,
+int store_idem_begin(db *d, const char *key, const char *api_key_id, const char *route, const char *body_hash,
                      int *status, char **body, lt_err *err) {
     *status = 0;
     *body = NULL;
-    struct idem_args a = {key, user_id, route, body_hash, status, body, -1};
+    struct idem_args a = {key, api_key_id, route, body_hash, status, body, -1};
     if (in_tx(d, err, idem_begin_tx, &a) != 0) {
         free(*body);
         *body = NULL;
@@ -940,22 +955,23 @@ int store_idem_begin(db *d, const char *key, const char *user_id, const char *ro
     return a.result;
 }
 
-int store_idem_finish(db *d, const char *key, const char *user_id, const char *route, int status,
+int store_idem_finish(db *d, const char *key, const char *api_key_id, const char *route, int status,
                       const char *body, lt_err *err) {
     assert(status > 0);
-    return db_run(d, err,
-                  "UPDATE idempotency_keys SET status = ?, response = ? WHERE idem_key = ? AND user_id = ? "
-                  "AND route = ?",
-                  "itttt", (int64_t)status, body ? body : "", key, user_id, route) < 0
+    return db_run(
+               d, err,
+               "UPDATE idempotency_keys SET status = ?, response = ? WHERE idem_key = ? AND api_key_id = ? "
+               "AND route = ?",
+               "itttt", (int64_t)status, body ? body : "", key, api_key_id, route) < 0
                ? -1
                : 0;
 }
 
-int store_idem_abandon(db *d, const char *key, const char *user_id, const char *route, lt_err *err) {
-    return db_run(
-               d, err,
-               "DELETE FROM idempotency_keys WHERE idem_key = ? AND user_id = ? AND route = ? AND status = 0",
-               "ttt", key, user_id, route) < 0
+int store_idem_abandon(db *d, const char *key, const char *api_key_id, const char *route, lt_err *err) {
+    return db_run(d, err,
+                  "DELETE FROM idempotency_keys WHERE idem_key = ? AND api_key_id = ? AND route = ? AND "
+                  "status = 0",
+                  "ttt", key, api_key_id, route) < 0
                ? -1
                : 0;
 }

@@ -215,7 +215,10 @@ typedef struct store_bootstrap_result {
 int store_bootstrap(db *d, const char *org_key, const char *ws_key, const char *email,
                     char key_out[STORE_KEY_LEN], store_bootstrap_result *out, lt_err *err);
 
-/* ---- idempotency records (Idempotency-Key on POST create routes; kept 24 h) ---- */
+/* ---- idempotency records (Idempotency-Key on POST create routes; kept 24 h) ----
+ * A record belongs to the API key that made it (api_key_id, the caller's key id): no other key, not even one
+ * of the same user, can replay it. Callers must look records up only after the route's authorization passed,
+ * and must never store a response that holds a secret (POST /user/api-keys refuses Idempotency-Key). */
 
 #define STORE_IDEM_TTL_MS (24LL * 3600 * 1000)
 
@@ -226,16 +229,16 @@ enum {
     STORE_IDEM_IN_FLIGHT = 3, /* same key and body, the first request has not finished yet */
 };
 
-/* Looks up (key, user_id, route) and reserves it when new. body_hash is the hex SHA-256 of the request body.
- * Returns one of STORE_IDEM_* (>= 0) or -1 with err. On REPLAY, *body is malloc'd (caller frees). Records
- * older than 24 h are ignored and replaced. */
-int store_idem_begin(db *d, const char *key, const char *user_id, const char *route, const char *body_hash,
+/* Looks up (key, api_key_id, route) and reserves it when new. body_hash is the hex SHA-256 of the request
+ * body. Returns one of STORE_IDEM_* (>= 0) or -1 with err. On REPLAY, *body is malloc'd (caller frees).
+ * Records older than 24 h are ignored and replaced. */
+int store_idem_begin(db *d, const char *key, const char *api_key_id, const char *route, const char *body_hash,
                      int *status, char **body, lt_err *err);
 /* Stores the response of a reserved record. */
-int store_idem_finish(db *d, const char *key, const char *user_id, const char *route, int status,
+int store_idem_finish(db *d, const char *key, const char *api_key_id, const char *route, int status,
                       const char *body, lt_err *err);
 /* Drops a reservation (the request failed: a retry with the same key runs again). */
-int store_idem_abandon(db *d, const char *key, const char *user_id, const char *route, lt_err *err);
+int store_idem_abandon(db *d, const char *key, const char *api_key_id, const char *route, lt_err *err);
 /* Deletes records older than 24 h; returns how many, or -1 with err. */
 int64_t store_idem_purge(db *d, lt_err *err);
 

@@ -99,7 +99,7 @@ def test_limited_keys(server):
     # Org-level writes are out for a workspace-limited key even for an owner.
     assert_envelope(s.post("/api/v1/org/default/workspaces", json={"key": "w2"}), 403, "permission_denied")
     assert_envelope(s.post("/api/v1/orgs", json={"key": "gamma"}), 403, "permission_denied")
-    # It cannot mint a wider key.
+    # It cannot mint keys at all (identity administration needs an unrestricted key), not even a narrower one.
     assert_envelope(s.post("/api/v1/user/api-keys", json={"name": "wider"}), 403, "permission_denied")
     assert_envelope(
         s.post(
@@ -108,11 +108,14 @@ def test_limited_keys(server):
         ),
         403,
     )
-    r = s.post(
-        "/api/v1/user/api-keys",
-        json={"name": "same", "org": "default", "workspace": "main", "scopes": ["training:read"]},
+    assert_envelope(
+        s.post(
+            "/api/v1/user/api-keys",
+            json={"name": "same", "org": "default", "workspace": "main", "scopes": ["training:read"]},
+        ),
+        403,
+        "permission_denied",
     )
-    assert r.status_code == 201, r.text
     # It lists only its own org and workspace.
     assert [o["key"] for o in s.get("/api/v1/orgs").json()["items"]] == ["default"]
     assert [w["key"] for w in s.get("/api/v1/org/default/workspaces").json()["items"]] == ["main"]
@@ -226,3 +229,185 @@ def test_admin_cli_verbs(server):
     assert first["key"] != second["key"]
     assert (server.data_dir / "admin.key").read_text().strip() == second["key"]
     assert server.session(key=first["key"]).get("/api/v1/user").status_code == 200
+
+
+# ---- issue 15 regressions: identity administration, idempotency, file modes, two keys ----
+
+SCOPES = ["training:read", "training:write", "artifacts:read", "artifacts:write", "worker"]
+
+
+def _key(server, **body):
+    r = server.post("/api/v1/user/api-keys", json={"name": "k", **body})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_restricted_keys_do_no_identity_admin(server):
+    """Defect 1: scoped, org- and workspace-limited keys of an owner get 403 on every identity write and on the
+    member list (emails); only an unrestricted key administers identity."""
+    server.post("/api/v1/org/default/workspaces", json={"key": "research"})
+    victim = _key(server)  # the owner's second unrestricted key: nobody restricted may revoke it
+    bob = server.post("/api/v1/org/default/members", json={"email": "bob@example.com", "role": "reader"}).json()
+    keys = [_key(server, scopes=[s]) for s in SCOPES] + [
+        _key(server, org="default"),
+        _key(server, org="default", workspace="main"),
+        _key(server, org="default", workspace="main", scopes=SCOPES),
+    ]
+    for k in keys:
+        s = server.session(key=k["key"])
+        why = (k["scopes"], k["org"], k["workspace"])
+        for r in (
+            s.post("/api/v1/orgs", json={"key": "evil"}),
+            s.post("/api/v1/org/default/workspaces", json={"key": "evil"}),
+            s.post("/api/v1/org/default/ws/main/projects", json={"key": "evil"}),
+            s.post("/api/v1/org/default/members", json={"email": "evil@example.com", "role": "owner"}),
+            s.post("/api/v1/org/default/members", json={"email": "bob@example.com", "role": "owner"}),
+            s.delete("/api/v1/org/default/members/" + bob["user_id"]),
+            s.get("/api/v1/org/default/members"),
+            s.get("/api/v1/user/api-keys"),
+            s.post("/api/v1/user/api-keys", json={"name": "x", "org": "default", "workspace": "main",
+                                                  "scopes": ["training:read"]}),
+            s.delete("/api/v1/user/api-keys/" + victim["id"]),
+        ):
+            b = assert_envelope(r, 403, "permission_denied")
+            assert "unrestricted" in b["detail"] or "limited" in b["detail"], (why, b)
+            assert "bob@example.com" not in r.text
+    # Nothing happened: the victim key works, bob is still a reader, no org/workspace/project "evil".
+    assert server.session(key=victim["key"]).get("/api/v1/user").status_code == 200
+    members = {m["email"]: m["role"] for m in server.get("/api/v1/org/default/members").json()["items"]}
+    assert members == {"admin@localhost": "owner", "bob@example.com": "reader"}
+    assert "evil" not in [o["key"] for o in server.get("/api/v1/orgs").json()["items"]]
+    assert "evil" not in str(server.get("/api/v1/org/default/workspaces").json())
+    # A restricted key may still read the tenancy it needs, and revoke itself.
+    s = server.session(key=keys[0]["key"])
+    assert s.get("/api/v1/user").status_code == 200
+    assert s.get("/api/v1/org/default/ws/main/projects").status_code == 200
+    assert s.delete("/api/v1/user/api-keys/" + keys[0]["id"]).status_code == 204
+    assert_envelope(s.get("/api/v1/user"), 401, "authentication_error")
+
+
+def test_limited_key_cannot_revoke_keys_outside_its_limit(server):
+    """Defect 1: an org- or workspace-limited key revoked any key of its user."""
+    server.post("/api/v1/orgs", json={"key": "beta"})
+    beta_key = _key(server, org="beta")
+    ws_key = _key(server, org="default", workspace="main")
+    org_key = _key(server, org="default")
+    for limited, target in ((ws_key, beta_key), (org_key, beta_key), (ws_key, org_key), (org_key, ws_key)):
+        assert_envelope(server.session(key=limited["key"]).delete("/api/v1/user/api-keys/" + target["id"]), 403)
+    for k in (beta_key, ws_key, org_key):
+        assert server.session(key=k["key"]).get("/api/v1/user").status_code == 200
+    # The org-limited key sees only its org in GET /user too.
+    assert [o["key"] for o in server.session(key=org_key["key"]).get("/api/v1/user").json()["orgs"]] == ["default"]
+
+
+def _db_rows(server, sql):
+    import sqlite3
+
+    con = sqlite3.connect("file:%s?mode=ro" % (server.data_dir / "lathe.db"), uri=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_api_key_create_refuses_idempotency_key(server):
+    """Defect 2: POST /user/api-keys with an Idempotency-Key stored the plaintext key and replayed it to any key
+    of the user. Now it is a 400 and nothing is stored."""
+    hdr = {"Idempotency-Key": "mint-1"}
+    b = assert_envelope(server.post("/api/v1/user/api-keys", json={"name": "ci"}, headers=hdr), 400, "bad_request")
+    assert "Idempotency-Key" in b["detail"]
+    ro = _key(server, scopes=["training:read"])
+    r = server.session(key=ro["key"]).post("/api/v1/user/api-keys", json={"name": "ci"}, headers=hdr)
+    assert r.status_code == 403 and "lk_" not in r.text
+    # Without the header it works, and no idempotency record holds a key.
+    assert server.post("/api/v1/user/api-keys", json={"name": "ci"}).status_code == 201
+    assert _db_rows(server, "SELECT COUNT(*) FROM idempotency_keys WHERE response LIKE '%lk_%'") == [(0,)]
+    assert _db_rows(server, "SELECT COUNT(*) FROM idempotency_keys") == [(0,)]
+
+
+def test_idempotency_records_are_per_key_and_after_authorization(server):
+    """Defect 2: another key of the same user (a training:read key, a workspace-limited key) replayed the 201
+    of an owner's create; records are now per API key and looked up after authorization."""
+    hdr = {"Idempotency-Key": "ws-create-1"}
+    body = {"key": "idem-ws"}
+    r1 = server.post("/api/v1/org/default/workspaces", json=body, headers=hdr)
+    assert r1.status_code == 201 and "Idempotent-Replayed" not in r1.headers
+    r2 = server.post("/api/v1/org/default/workspaces", json=body, headers=hdr)
+    assert r2.status_code == 201 and r2.headers.get("Idempotent-Replayed") == "true" and r2.json() == r1.json()
+    # Restricted keys of the same user: refused by authorization, never the stored 201.
+    for k in (_key(server, scopes=["training:read"]), _key(server, scopes=["artifacts:read"]),
+              _key(server, org="default", workspace="main")):
+        r = server.session(key=k["key"]).post("/api/v1/org/default/workspaces", json=body, headers=hdr)
+        assert_envelope(r, 403, "permission_denied")
+        assert "Idempotent-Replayed" not in r.headers
+    # Another unrestricted key of the same user runs the request itself: the workspace exists, 409.
+    other = server.session(key=_key(server)["key"])
+    r = other.post("/api/v1/org/default/workspaces", json=body, headers=hdr)
+    assert_envelope(r, 409, "conflict")
+    assert "Idempotent-Replayed" not in r.headers
+    # A reader (another user) with the same Idempotency-Key: 403, not the owner's answer.
+    reader = server.session(key=server.new_user("r@example.com", role="reader"))
+    assert_envelope(reader.post("/api/v1/org/default/workspaces", json=body, headers=hdr), 403)
+    # Records carry the key id.
+    rows = _db_rows(server, "SELECT api_key_id FROM idempotency_keys")
+    me = server.get("/api/v1/user").json()["api_key"]["id"]
+    assert rows == [(me,)]
+
+
+def test_data_dir_and_store_file_modes(server):
+    """Defect 2: lathe.db was 0644; the data dir, the store and its WAL files are now private."""
+    d = server.data_dir
+    assert server.post("/api/v1/orgs", json={"key": "modes"}).status_code == 201  # make the WAL exist
+    assert d.stat().st_mode & 0o777 == 0o700
+    assert (d / "tmp").stat().st_mode & 0o777 == 0o700
+    for name in ("lathe.db", "lathe.db-wal", "lathe.db-shm", "admin.key"):
+        p = d / name
+        if p.exists() or name == "lathe.db":
+            assert p.stat().st_mode & 0o777 == 0o600, name
+
+
+def test_existing_data_dir_is_tightened(lathe_server, tmp_path):
+    d = tmp_path / "loose"
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    s = lathe_server(name="loose")
+    s.stop()
+    (d / "lathe.db").chmod(0o644)
+    d.chmod(0o755)
+    s2 = lathe_server(name="loose")
+    assert d.stat().st_mode & 0o777 == 0o700
+    assert (d / "lathe.db").stat().st_mode & 0o777 == 0o600
+    assert s2.get("/api/v1/user").status_code == 200
+
+
+def _raw_get(server, headers):
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlparse(server.url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    c.putrequest("GET", "/api/v1/user")
+    for name, value in headers:
+        c.putheader(name, value)
+    c.endheaders()
+    r = c.getresponse()
+    body = json.loads(r.read())
+    c.close()
+    return r.status, body
+
+
+def test_two_api_keys_are_refused(server):
+    """Defect 12: with two X-API-Key headers the first one won."""
+    bob = server.new_user("bob@example.com")
+    cases = [
+        [("X-API-Key", server.key), ("X-API-Key", bob)],
+        [("X-API-Key", bob), ("X-API-Key", server.key)],
+        [("X-API-Key", server.key), ("X-API-Key", server.key)],
+        [("Authorization", "Bearer " + server.key), ("Authorization", "Bearer " + bob)],
+        [("X-API-Key", server.key), ("Authorization", "Bearer " + bob)],
+    ]
+    for headers in cases:
+        status, body = _raw_get(server, headers)
+        assert status == 401, (headers, body)
+        assert body["type"] == "authentication_error" and "more than one API key" in body["detail"], body
+    assert _raw_get(server, [("X-API-Key", server.key)])[0] == 200

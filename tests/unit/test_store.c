@@ -2,8 +2,9 @@
  *
  * Each test opens a fresh database in a temp directory. Covered: URL handling, migrations (idempotent,
  * recorded, failing scripts roll back), statements and binds, transactions, identity CRUD with its 404/409
- * codes, API key generation/verification/revocation, idempotency records, and concurrent writers that must
- * all succeed through busy waiting. */
+ * codes, API key generation/verification/revocation, idempotency records (per API key; the v2 migration that
+ * drops the per-user ones), file modes (0600), and concurrent writers that must all succeed through busy
+ * waiting. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -78,10 +79,10 @@ static void test_open_urls(void **state) {
 static void test_migrations_idempotent(void **state) {
     fx *f = *state;
     lt_err err = {0};
-    assert_int_equal(db_schema_version(f->d, "core", &err), 1);
+    assert_int_equal(db_schema_version(f->d, "core", &err), 2);
     assert_int_equal(db_migrate(f->d, &err), 0);
     assert_int_equal(db_migrate(f->d, &err), 0);
-    assert_int_equal(db_schema_version(f->d, "core", &err), 1);
+    assert_int_equal(db_schema_version(f->d, "core", &err), 2);
     /* A private area: two scripts, then a third added later. */
     db_migration v1[] = {{"t1", "CREATE TABLE t1 (id TEXT PRIMARY KEY)"},
                          {"t1 col", "ALTER TABLE t1 ADD COLUMN n INTEGER"},
@@ -601,7 +602,7 @@ static void test_idempotency(void **state) {
     assert_int_equal(status, 201);
     assert_string_equal(body, "{\"id\":1}");
     free(body);
-    /* Another user or route is another record. */
+    /* Another API key or route is another record. */
     assert_int_equal(store_idem_begin(f->d, "k1", "u2", route, "h2", &status, &body, &err), STORE_IDEM_NEW);
     assert_int_equal(store_idem_begin(f->d, "k1", "u1", "POST /x", "h2", &status, &body, &err),
                      STORE_IDEM_NEW);
@@ -609,11 +610,95 @@ static void test_idempotency(void **state) {
     assert_int_equal(store_idem_abandon(f->d, "k1", "u2", route, &err), 0);
     assert_int_equal(store_idem_begin(f->d, "k1", "u2", route, "h3", &status, &body, &err), STORE_IDEM_NEW);
     /* Expired records are ignored and purged. */
-    assert_int_equal(db_run(f->d, &err, "UPDATE idempotency_keys SET created_at = ? WHERE user_id = ?", "it",
-                            lt_now_ms() - STORE_IDEM_TTL_MS - 1000, "u1"),
+    assert_int_equal(db_run(f->d, &err, "UPDATE idempotency_keys SET created_at = ? WHERE api_key_id = ?",
+                            "it", lt_now_ms() - STORE_IDEM_TTL_MS - 1000, "u1"),
                      2);
     assert_int_equal(store_idem_begin(f->d, "k1", "u1", route, "h9", &status, &body, &err), STORE_IDEM_NEW);
     assert_int_equal(store_idem_purge(f->d, &err), 1);
+}
+
+/* Records are per API key: one key never replays, nor conflicts with, another key's record. */
+static void test_idempotency_per_key(void **state) {
+    fx *f = *state;
+    lt_err err = {0};
+    int status = 0;
+    char *body = NULL;
+    const char *route = "POST /api/v1/org/default/ws/main/training/jobs";
+    assert_int_equal(store_idem_begin(f->d, "same", "key-a", route, "h1", &status, &body, &err),
+                     STORE_IDEM_NEW);
+    assert_int_equal(store_idem_finish(f->d, "same", "key-a", route, 201, "{\"job\":1}", &err), 0);
+    assert_int_equal(store_idem_begin(f->d, "same", "key-b", route, "h1", &status, &body, &err),
+                     STORE_IDEM_NEW);
+    assert_null(body);
+    assert_int_equal(store_idem_begin(f->d, "same", "key-a", route, "h1", &status, &body, &err),
+                     STORE_IDEM_REPLAY);
+    assert_string_equal(body, "{\"job\":1}");
+    free(body);
+}
+
+/* The v2 core migration drops every record written under v1 (they were per user, and a record of
+ * POST /user/api-keys held a plaintext key) and keys the table by API key id. */
+static void test_idempotency_migration_drops_old_records(void **state) {
+    (void)state;
+    char dir[] = "/tmp/lathe-test-store-XXXXXX", url[300];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "sqlite:%s/lathe.db", dir);
+    lt_err err = {0};
+    db *d = db_open(url, &err);
+    assert_non_null(d);
+    const db_migration v1[] = {db_migrations_core[0], {NULL, NULL}};
+    assert_int_equal(db_migrate_area(d, "core", v1, &err), 0);
+    assert_int_equal(
+        db_run(d, &err,
+               "INSERT INTO idempotency_keys (idem_key, user_id, route, body_hash, status, response, "
+               "created_at) VALUES ('k', 'u', 'POST /api/v1/user/api-keys', 'h', 201, "
+               "'{\"key\":\"lk_secret\"}', ?)",
+               "i", lt_now_ms()),
+        1);
+    assert_int_equal(db_migrate(d, &err), 0);
+    assert_int_equal(db_schema_version(d, "core", &err), 2);
+    db_stmt *s =
+        db_query(d, &err, "SELECT COUNT(*) FROM idempotency_keys WHERE response LIKE '%lk_secret%'", "");
+    assert_non_null(s);
+    assert_int_equal(db_step(s, &err), DB_ROW);
+    assert_int_equal(db_column_int64(s, 0), 0);
+    db_finalize(s);
+    db_close(d);
+    lt_rm_rf(dir);
+}
+
+/* lathe.db and its WAL companions are 0600 whatever the umask; an existing 0644 file is tightened. */
+static void test_file_modes(void **state) {
+    fx *f = *state;
+    char path[400];
+    struct stat st;
+    lt_err err = {0};
+    const char *suffixes[] = {"", "-wal", "-shm"};
+    assert_true(db_run(f->d, &err, "CREATE TABLE modes (x INTEGER)", "") >= 0);
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/lathe.db%s", f->dir, suffixes[i]);
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0600);
+    }
+    db_close(f->d);
+    snprintf(path, sizeof path, "%s/lathe.db", f->dir);
+    assert_int_equal(chmod(path, 0644), 0);
+    f->d = db_open(f->url, &err);
+    assert_non_null(f->d);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* A new file under a permissive umask. */
+    mode_t old = umask(0);
+    char url2[400];
+    snprintf(url2, sizeof url2, "sqlite:%s/other.db", f->dir);
+    db *d2 = db_open(url2, &err);
+    umask(old);
+    assert_non_null(d2);
+    assert_int_equal(db_migrate(d2, &err), 0);
+    snprintf(path, sizeof path, "%s/other.db", f->dir);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    db_close(d2);
 }
 
 int main(void) {
@@ -630,6 +715,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_api_key_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_access_lookup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_per_key, setup, teardown),
+        cmocka_unit_test(test_idempotency_migration_drops_old_records),
+        cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
