@@ -1,12 +1,13 @@
 /* cmd_model_run.c: `lathe model logprobs` and `lathe model sample`, the engine run from the command line.
  *
- * Both load a model dir (config.json + safetensors + tokenizer.json) into an engine, optionally with a PEFT
- * adapter dir, and print text or JSON. `logprobs` scores a token sequence (log p(token i | tokens < i), the
- * first has none); its test options (--grads, --train-steps) also run forward_backward with cross_entropy and
- * AdamW steps and print the loss, the LoRA gradients under their PEFT key names and the loss after each step,
- * so that tests/py/test_engine_ref.py can compare the engine with Hugging Face transformers + peft.
- * `sample` encodes a prompt (or renders it as a one-message chat with the model's chat format, --chat) and
- * decodes num_samples completions with the KV-cached sampler. */
+ * Both load a model dir (config.json + safetensors + tokenizer.json) or a .gguf file into an engine (what the
+ * load widened is said on stderr), optionally with a PEFT adapter dir, and print text or JSON. `logprobs`
+ * scores a token sequence (log p(token i | tokens < i), the first has none); its test options (--grads,
+ * --train-steps) also run forward_backward with cross_entropy and AdamW steps and print the loss, the LoRA
+ * gradients under their PEFT key names and the loss after each step, so that tests/py/test_engine_ref.py can
+ * compare the engine with Hugging Face transformers + peft. `sample` encodes a prompt (or renders it as a
+ * one-message chat with the model's chat format, --chat) and decodes num_samples completions with the
+ * KV-cached sampler. */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -186,6 +187,7 @@ static eng_engine *open_engine(const char *verb, const common_opts *c, const eng
         fprintf(stderr, "lathe model %s: %s\n", verb, err.msg);
         return NULL;
     }
+    if (e->m->load_note[0]) fprintf(stderr, "lathe model %s: %s\n", verb, e->m->load_note);
     if (c->adapter && eng_peft_import(e->m, c->adapter, &err)) {
         fprintf(stderr, "lathe model %s: %s\n", verb, err.msg);
         eng_close(e);

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/gguf_model.h"
 #include "util/util.h"
 
 typedef struct arch_info {
@@ -320,6 +321,7 @@ int eng_config_parse(const char *json, size_t len, const char *name, eng_config 
 }
 
 int eng_config_load(const char *dir, eng_config *cfg, lt_err *err) {
+    if (eng_path_is_gguf(dir)) return eng_gguf_config_load(dir, cfg, err);
     char *path = lt_path_join(dir, "config.json");
     size_t len;
     char *text = lt_read_file(path, &len, err);

@@ -39,7 +39,8 @@ typedef struct eng_config {
     char torch_dtype[16];
 } eng_config;
 
-/* Parses DIR/config.json. Returns 0 or -1 with err naming the file and the key. */
+/* Parses DIR/config.json (or, for a path ending in .gguf, the GGUF file's metadata: gguf_model.h). Returns 0
+ * or -1 with err naming the file and the key. */
 int eng_config_load(const char *dir, eng_config *cfg, lt_err *err);
 /* Parses config.json text (for tests and the fuzzer). `name` is used in error messages. */
 int eng_config_parse(const char *json, size_t len, const char *name, eng_config *cfg, lt_err *err);

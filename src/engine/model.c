@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/gguf_model.h"
 #include "engine/safetensors.h"
 #include "util/util.h"
 
@@ -264,6 +265,7 @@ static int load_one(void *vctx, const char *name, float *data, int rows, int col
 }
 
 eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err) {
+    if (eng_path_is_gguf(dir)) return eng_gguf_model_load(dir, k, err);
     eng_config cfg;
     if (eng_config_load(dir, &cfg, err) != 0) return NULL;
     eng_model *m = eng_model_new(&cfg, k, err);

@@ -119,12 +119,14 @@ typedef struct eng_model {
     int head_chunk;
 
     double prof[ENG_NPHASES];
+    char load_note[160]; /* "" or what loading changed (GGUF weights widened to f32, and their size) */
 } eng_model;
 
 /* A model of config `cfg` with all base weights zero (fill them with eng_model_init_random or load them).
  * Returns NULL with err on OOM or an unusable config. */
 eng_model *eng_model_new(const eng_config *cfg, const eng_kernels *k, lt_err *err);
-/* Loads DIR (config.json + model.safetensors or a sharded index); F32/BF16/F16 widened to f32. */
+/* Loads DIR (config.json + model.safetensors or a sharded index); F32/BF16/F16 widened to f32. A path ending
+ * in .gguf is read as a GGUF file instead (gguf_model.h; every type widened to f32, noted in load_note). */
 eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err);
 void eng_model_free(eng_model *m); /* NULL is fine */
 /* A new model that shares src's frozen weights (read-only; reference-counted, so src may be freed first) with
