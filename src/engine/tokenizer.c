@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -348,6 +349,7 @@ struct eng_tokenizer {
     int ignore_merges;
     int unk_id, fuse_unk;
     int bos, eos;
+    int add_bos; /* tokenizer_config.json add_bos_token / tokenizer.ggml.add_bos_token; -1 unknown */
     char *chat_template;
     char byte_char[256][3]; /* GPT-2 byte -> UTF-8 of its character (1 or 2 bytes, NUL-terminated) */
     unsigned char byte_char_len[256];
@@ -862,7 +864,10 @@ static void load_config(eng_tokenizer *t, const char *dir, json_t *tj) {
     }
     int bos_set = 0, eos_set = 0;
     t->bos = t->eos = -1;
+    t->add_bos = -1;
     if (json_is_object(cfg)) {
+        json_t *ab = json_object_get(cfg, "add_bos_token");
+        if (json_is_boolean(ab)) t->add_bos = json_is_true(ab);
         bos_set = json_object_get(cfg, "bos_token") != NULL;
         eos_set = json_object_get(cfg, "eos_token") != NULL;
         t->bos = token_from_config(t, cfg, "bos_token");
@@ -967,12 +972,23 @@ out:
     return rc;
 }
 
+/* 1 if path starts with the GGUF magic. */
+static int is_gguf(const char *path) {
+    char m[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t n = fread(m, 1, 4, f);
+    fclose(f);
+    return n == 4 && memcmp(m, "GGUF", 4) == 0;
+}
+
 eng_tokenizer *eng_tok_load(const char *path, lt_err *err) {
     struct stat st;
     if (!path || stat(path, &st) != 0) {
         lt_err_set(err, 404, "%s: %s", path ? path : "(null)", strerror(errno));
         return NULL;
     }
+    if (!S_ISDIR(st.st_mode) && is_gguf(path)) return eng_tok_load_gguf_path(path, err);
     char *file = S_ISDIR(st.st_mode) ? lt_path_join(path, "tokenizer.json") : lt_strdup(path);
     char *dir = lt_strdup(file);
     char *slash = strrchr(dir, '/');
@@ -1075,6 +1091,20 @@ int eng_tok_has_nfc(const eng_tokenizer *t) {
 
 const char *eng_tok_chat_template(const eng_tokenizer *t) {
     return t->chat_template;
+}
+
+int eng_tok_add_bos(const eng_tokenizer *t) {
+    return t->add_bos;
+}
+
+void eng_tok_set_file_meta(eng_tokenizer *t, int bos, int eos, int add_bos, const char *tpl, size_t tpl_len) {
+    if (bos >= 0 && bos < t->n_ids) t->bos = bos;
+    if (eos >= 0 && eos < t->n_ids) t->eos = eos;
+    t->add_bos = add_bos;
+    if (tpl) {
+        free(t->chat_template);
+        t->chat_template = lt_strndup(tpl, tpl_len);
+    }
 }
 
 /* ---- encoding ---- */

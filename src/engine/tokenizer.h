@@ -25,10 +25,17 @@
 
 typedef struct eng_tokenizer eng_tokenizer;
 
-/* Loads `path`: a tokenizer.json file, or a model directory containing one (then tokenizer_config.json next
- * to it, when present, supplies bos/eos token names and the chat template). Returns NULL with err (400
- * malformed or unsupported content, naming the JSON field; 404 missing file; 500 I/O). */
+/* Loads `path`: a tokenizer.json file, a model directory containing one (then tokenizer_config.json next
+ * to it, when present, supplies bos/eos token names, add_bos_token and the chat template), or a GGUF file
+ * (recognised by its magic; see eng_tok_load_gguf). Returns NULL with err (400 malformed or unsupported
+ * content, naming the JSON field or GGUF key; 404 missing file; 500 I/O). */
 eng_tokenizer *eng_tok_load(const char *path, lt_err *err);
+/* The tokenizer a GGUF file's metadata describes (tokenizer.ggml.model "gpt2", i.e. byte-level BPE, with the
+ * pre-tokenizer tokenizer.ggml.pre names: smollm, gpt2, llama-bpe or qwen2; tokenizer_gguf.c), with bos/eos
+ * from tokenizer.ggml.bos_token_id / eos_token_id, add_bos_token and tokenizer.chat_template. The reader
+ * is only read; the tokenizer keeps nothing of it. NULL with err (400 naming the key). */
+struct gguf_file;
+eng_tokenizer *eng_tok_load_gguf(const struct gguf_file *f, lt_err *err);
 /* Loads tokenizer.json content from memory (no tokenizer_config.json: bos/eos come from the post-processor
  * and well-known added-token names). Errors as eng_tok_load, 400 for content. */
 eng_tokenizer *eng_tok_load_mem(const char *json, size_t len, lt_err *err);
@@ -52,9 +59,10 @@ size_t eng_tok_token_bytes(const eng_tokenizer *tok, int id, char *buf, size_t c
 /* One more than the largest id in the model vocab or the added tokens. */
 int eng_tok_vocab_size(const eng_tokenizer *tok);
 
-/* The byte-level alphabet (GPT-2's bytes_to_unicode, HF ByteLevel): writes the UTF-8 text of the character that
- * stands for byte b (0..255) in byte-level vocabularies, NUL-terminated (1 or 2 bytes + NUL), and returns its
- * length. Printable Latin-1 bytes stand for themselves; the others map to U+0100 upwards in byte order. */
+/* The byte-level alphabet (GPT-2's bytes_to_unicode, HF ByteLevel): writes the UTF-8 text of the character
+ * that stands for byte b (0..255) in byte-level vocabularies, NUL-terminated (1 or 2 bytes + NUL), and
+ * returns its length. Printable Latin-1 bytes stand for themselves; the others map to U+0100 upwards in byte
+ * order. */
 int eng_tok_byte_char(int b, char out[4]);
 /* Id of an exact token string (vocab entry in the byte-level alphabet, e.g. "Ġthe", or an added token such as
  * "<|im_end|>"); -1 if absent. */
@@ -69,8 +77,11 @@ int eng_tok_is_special(const eng_tokenizer *tok, int id);
  * <|end_of_text|>, <s>, </s>); -1 when unknown. */
 int eng_tok_bos_id(const eng_tokenizer *tok);
 int eng_tok_eos_id(const eng_tokenizer *tok);
-/* The chat_template string from tokenizer_config.json when the model dir had one, else NULL (owned by tok).
- */
+/* The chat template: tokenizer_config.json's chat_template when the model dir had one, a GGUF's
+ * tokenizer.chat_template, else NULL (owned by tok). */
 const char *eng_tok_chat_template(const eng_tokenizer *tok);
+/* Whether the model expects BOS prepended to every encoded text: 1 or 0 as tokenizer.ggml.add_bos_token
+ * (GGUF) or tokenizer_config.json's add_bos_token says; -1 when the files do not say. */
+int eng_tok_add_bos(const eng_tokenizer *tok);
 
 #endif

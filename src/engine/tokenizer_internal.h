@@ -54,6 +54,20 @@ void eng_tok_fm_free(eng_tok_fastmodel *f);
 /* 1 if the tokenizer's normalizer is NFC (the only one supported), so its tokens spell the NFC form. */
 int eng_tok_has_nfc(const eng_tokenizer *tok);
 
+/* ---- tokenizer_gguf.c ---- */
+
+struct gguf_file;
+/* Appends to out the Hugging Face tokenizer.json that f's tokenizer.ggml.* metadata describes (vocab, merges,
+ * added tokens from the token types, unk token, normalizer and pre-tokenizer of tokenizer.ggml.pre). 0, or
+ * -1 with err (400 naming the key and index: unsupported model or pre-tokenizer, missing arrays, mismatched
+ * lengths, ids out of range, merges naming unknown tokens, strings that are not UTF-8). */
+int eng_tok_gguf_json(const struct gguf_file *f, strbuf *out, lt_err *err);
+/* gguf_open + eng_tok_load_gguf + gguf_close (eng_tok_load's path for a GGUF file). */
+eng_tokenizer *eng_tok_load_gguf_path(const char *path, lt_err *err);
+/* Sets what a GGUF says beside its tokenizer.json: bos/eos ids (when >= 0), add_bos (1, 0, -1 unknown) and
+ * the chat template (copied; when tpl is not NULL). */
+void eng_tok_set_file_meta(eng_tokenizer *t, int bos, int eos, int add_bos, const char *tpl, size_t tpl_len);
+
 /* eng_tok_load_mem with the fast vocab/merges scanner on (fast = 1, the normal path) or off (everything
  * through jansson): the fuzz target checks both paths agree. */
 eng_tokenizer *eng_tok_load_mem_path(const char *json, size_t len, int fast, lt_err *err);
