@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -928,6 +929,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         if (rs->route->flags & API_RAW_BODY) {
             rs->spool_path = lt_path_join(srv->tmp_dir, "upload-XXXXXX");
             rs->spool_fd = mkostemp(rs->spool_path, O_CLOEXEC);
+            if (rs->spool_fd >= 0) flock(rs->spool_fd, LOCK_EX | LOCK_NB); /* alive: see blob_sweep_dir */
             if (rs->spool_fd < 0) {
                 lt_log(LOG_ERROR, "cannot create upload spool in %s: %s", srv->tmp_dir, strerror(errno));
                 rs->spool_failed = 1;
@@ -1157,6 +1159,15 @@ api_server *api_server_start(const api_config *cfg, lt_err *err) {
     if (!srv->ctx.blobs) {
         server_free(srv);
         return NULL;
+    }
+    { /* what killed pushes left: blob temp files and upload spools no live process holds */
+        lt_err se = {0};
+        int parts = blob_sweep(srv->ctx.blobs, &se);
+        int spools = blob_sweep_dir(srv->tmp_dir, "upload-", "", &se);
+        if (parts > 0 || spools > 0)
+            lt_log(LOG_INFO, "removed leftovers of interrupted uploads: %d blob temp file(s), %d spool(s)",
+                   parts > 0 ? parts : 0, spools > 0 ? spools : 0);
+        if (parts < 0 || spools < 0) lt_log(LOG_WARN, "cannot sweep upload leftovers: %s", se.msg);
     }
     srv->rl = api_ratelimit_new(srv->cfg.rate_per_s, srv->cfg.rate_burst);
     srv->router = calloc(1, sizeof *srv->router);

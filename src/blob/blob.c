@@ -6,15 +6,22 @@
  * crash. If the final name exists already, the bytes are the same by construction: the temp file is simply
  * removed. Readers open the final path and so never see a partial blob.
  *
+ * Leftovers. A writer holds an exclusive flock(2) on its temp file for as long as it lives; a process killed
+ * mid-write leaves a `.part` file that nobody locks. blob_sweep_dir removes exactly those (it takes the lock
+ * before unlinking), so a sweep at start never touches the temp file of a live writer in another process
+ * sharing the data dir. The server sweeps its own upload spools (<data dir>/tmp/upload-*) the same way.
+ *
  * Hashing uses OpenSSL's EVP interface (libcrypto is already a dependency through util's lt_sha256). */
 #include "blob/blob.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -54,6 +61,34 @@ blob_store *blob_open(const char *data_dir, lt_err *err) {
         return NULL;
     }
     return bs;
+}
+
+int blob_sweep_dir(const char *dir, const char *prefix, const char *suffix, lt_err *err) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) return 0;
+        return lt_err_set(err, 500, "cannot read %s: %s", dir, strerror(errno));
+    }
+    int removed = 0;
+    size_t pl = strlen(prefix), sl = strlen(suffix);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t n = strlen(de->d_name);
+        if (n < pl + sl || strncmp(de->d_name, prefix, pl) || strcmp(de->d_name + n - sl, suffix)) continue;
+        int fd = openat(dirfd(d), de->d_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0) continue;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+            unlinkat(dirfd(d), de->d_name, 0) == 0)
+            removed++;
+        close(fd);
+    }
+    closedir(d);
+    return removed;
+}
+
+int blob_sweep(blob_store *bs, lt_err *err) {
+    return blob_sweep_dir(bs->tmp_dir, "", ".part", err);
 }
 
 void blob_close(blob_store *bs) {
@@ -104,6 +139,7 @@ blob_writer *blob_writer_open(blob_store *bs, lt_err *err) {
     if (!w->tmp_path) abort();
     snprintf(w->tmp_path, n, "%s/%s.part", bs->tmp_dir, id);
     w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (w->fd >= 0) flock(w->fd, LOCK_EX | LOCK_NB); /* "alive": see blob_sweep_dir */
     w->md = EVP_MD_CTX_new();
     if (w->fd < 0 || !w->md || EVP_DigestInit_ex(w->md, EVP_sha256(), NULL) != 1) {
         lt_err_set(err, 500, "cannot create a temp file in %s: %s", bs->tmp_dir, strerror(errno));

@@ -45,6 +45,12 @@ int blob_writer_write(blob_writer *w, const void *data, size_t n, lt_err *err);
 int blob_writer_finish(blob_writer *w, char digest[BLOB_DIGEST_LEN], int64_t *size, lt_err *err);
 void blob_writer_abort(blob_writer *w);
 
+/* Removes the regular files in dir named PREFIX*SUFFIX that no live process holds an flock(2) on (what a
+ * killed writer leaves). Returns how many were removed (a missing dir: 0), or -1 with err. */
+int blob_sweep_dir(const char *dir, const char *prefix, const char *suffix, lt_err *err);
+/* blob_sweep_dir over the store's temp dir: the `.part` files of killed writers. */
+int blob_sweep(blob_store *bs, lt_err *err);
+
 /* Path of the blob's file (malloc'd), or NULL with err 404 when absent / 400 for a bad digest. */
 char *blob_path(blob_store *bs, const char *digest, lt_err *err);
 /* 1 present, 0 absent (or bad digest). */
