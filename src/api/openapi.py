@@ -323,7 +323,8 @@ op("/api/v1/openapi.json", "get", "This document", "health", {**ok(200, schema={
 op("/api/v1/user", "get", "The calling user, its orgs and roles", "identity", {**ok(200, "User"), **errs(*AUTH_ERR)}, op_id="get_user")
 op("/api/v1/user/api-keys", "get", "The user's API keys (masked)", "identity", {**ok(200, schema=listof("ApiKey")), **errs(*AUTH_ERR)}, op_id="list_api_keys")
 op("/api/v1/user/api-keys", "post", "Create an API key (the key is shown only here)", "identity",
-   {**ok(201, "ApiKeyCreated", "Created"), **errs(*AUTH_ERR, 409)}, params=[IDEM], body=jbody("CreateApiKeyRequest"), op_id="create_api_key")
+   {**ok(201, "ApiKeyCreated", "Created"), **errs(*AUTH_ERR, 409)}, body=jbody("CreateApiKeyRequest"), op_id="create_api_key",
+   desc="Needs an unrestricted key (all scopes, no org or workspace limit). Idempotency-Key is refused (400): the answer holds the new key, which is never stored.")
 op("/api/v1/user/api-keys/{id}", "delete", "Revoke an API key", "identity", {**ok(204, desc="Revoked"), **errs(*AUTH_ERR)},
    params=[P("id", "key id", {"type": "string"})], op_id="revoke_api_key")
 op("/api/v1/orgs", "get", "Orgs the user belongs to", "identity", {**ok(200, schema=listof("Org")), **errs(*AUTH_ERR)}, op_id="list_orgs")

@@ -364,6 +364,27 @@ def test_data_dir_and_store_file_modes(server):
         p = d / name
         if p.exists() or name == "lathe.db":
             assert p.stat().st_mode & 0o777 == 0o600, name
+    # Whatever else the server writes (blobs of an upload, their directories) is private too.
+    import io
+    import os
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, text in {"dataset.yaml": "name: m\nversion: 1.0.0\nformat: jsonl\nsplits:\n  train: t.jsonl\n",
+                           "t.jsonl": json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"}.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(text.encode())
+            tf.addfile(ti, io.BytesIO(text.encode()))
+    r = server.post("/api/v1/org/default/datasets", data=buf.getvalue(), headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 201, r.text
+    loose = []
+    for root, dirs, files in os.walk(d):
+        for n in dirs + files:
+            m = os.lstat(os.path.join(root, n)).st_mode
+            if m & 0o077 and not os.path.islink(os.path.join(root, n)):
+                loose.append((os.path.join(root, n), oct(m & 0o777)))
+    assert not loose, loose
 
 
 def test_existing_data_dir_is_tightened(lathe_server, tmp_path):
