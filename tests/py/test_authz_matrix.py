@@ -308,3 +308,31 @@ def test_own_key_revocation_needs_no_rights(world):
         own = s.session(key=k["key"])
         assert own.delete("/api/v1/user/api-keys/" + k["id"]).status_code == 204
         assert own.get("/api/v1/user").status_code == 401
+
+
+def test_job_create_replay_only_after_authorization(world):
+    """Defect 2 on job create: the Idempotency-Key replay ran before the scope check, so an artifacts:read key
+    sending the owner's Idempotency-Key and body received the owner's 201. Now every restricted caller gets its
+    403, another key of the same user runs the create itself, and only the key that made the record replays."""
+    s = world.server
+    jobs = "/api/v1/org/%s/ws/%s/training/jobs" % (ORG, WS)
+    body = {"backend": "tinker", "trainer_type": "sft", "model": "tiny", "name": "idem-authz",
+            "capability_ref": {"name": "assistant", "version": "1.0.0"},
+            "config": {"dataset_ref": {"name": "chat", "version": "1.0.0"}, "steps": 1}}
+    hdr = {"Idempotency-Key": "authz-job-1"}
+    first = s.post(jobs, json=body, headers=hdr)
+    assert first.status_code == 201, first.text
+    again = s.post(jobs, json=body, headers=hdr)
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["id"] == first.json()["id"]
+    by_name = {p.name: p for p in world.principals}
+    for name in ("scope artifacts:read", "scope training:read", "scope worker", "ws-limited (other ws)",
+                 "org-limited (other org)", "reader", "other org's owner", "revoked key"):
+        r = s.session(key=by_name[name].key).post(jobs, json=body, headers=hdr)
+        assert r.status_code in (401, 403, 404), (name, r.status_code, r.text)
+        assert first.json()["id"] not in r.text and "Idempotent-Replayed" not in r.headers, name
+    # Keys allowed to create jobs, other than the one that made the record, create their own job.
+    for name in ("scope training:write", "ws-limited (this ws)", "contributor"):
+        r = s.session(key=by_name[name].key).post(jobs, json=body, headers=hdr)
+        assert r.status_code == 201, (name, r.text)
+        assert "Idempotent-Replayed" not in r.headers and r.json()["id"] != first.json()["id"], name
