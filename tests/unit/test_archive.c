@@ -332,6 +332,174 @@ static void test_pack_roundtrip(void **state) {
     lt_rm_rf(dir);
 }
 
+/* Links, devices and fifos under tool-dropping names get the same checks as any other entry (the type check
+ * comes before the junk rule); safe ones are still skipped. */
+static void test_dangerous_junk(void **state) {
+    ent a[] = {{"ds/dataset.yaml", AE_IFREG, "x"}, {"ds/.DS_Store", AE_IFLNK, "/etc/passwd"}};
+    expect_refused(a, N(a), 400, "symbolic link ds/.DS_Store points outside the archive root");
+    ent b[] = {{"__pycache__/x.pyc", AE_IFLNK, "../../etc/passwd"}};
+    expect_refused(b, N(b), 400, "symbolic link __pycache__/x.pyc points outside");
+    ent c[] = {{".git", AE_IFLNK, "/"}};
+    expect_refused(c, N(c), 400, "symbolic link .git points outside");
+    ent d[] = {{".git/hooks/x", 1, "/etc/shadow"}};
+    expect_refused(d, N(d), 400, "hard link .git/hooks/x points outside the archive (absolute path)");
+    ent e[] = {{".DS_Store", AE_IFCHR, NULL}};
+    expect_refused(e, N(e), 400, ".DS_Store is a device file");
+    ent f[] = {{"__MACOSX/p", AE_IFIFO, NULL}};
+    expect_refused(f, N(f), 400, "__MACOSX/p is a fifo");
+    /* a link under a junk name that stays inside is skipped like the junk it is */
+    ent ok[] = {{"a.txt", AE_IFREG, "1"}, {".git/HEAD", AE_IFLNK, "../a.txt"}, {"._a", 1, "a.txt"}};
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    assert_int_equal(try_unpack(ok, N(ok), 0, NULL, &it, &err), 0);
+    assert_int_equal(it.n, 1);
+    archive_items_free(&it);
+}
+
+static void test_file_and_dir(void **state) {
+    ent a[] = {{"a", AE_IFREG, "x"}, {"a/b", AE_IFREG, "y"}};
+    expect_refused(a, N(a), 400, "archive: a is both a file and a directory (a/b is inside it)");
+    ent b[] = {{"d/a/b/c", AE_IFREG, "y"}, {"d/a", AE_IFLNK, "x"}, {"x", AE_IFREG, "1"}};
+    expect_refused(b, N(b), 400, "archive: d/a is both a file and a directory (d/a/b/c is inside it)");
+    ent c[] = {{"a/", AE_IFDIR, NULL}, {"a", AE_IFREG, "x"}};
+    expect_refused(c, N(c), 400, "archive: a is both a file and a directory");
+    ent d[] = {{"a", AE_IFREG, "x"}, {"a/sub/", AE_IFDIR, NULL}};
+    expect_refused(d, N(d), 400, "archive: a is both a file and a directory (a/sub is inside it)");
+    /* siblings whose names share a prefix are fine */
+    ent ok[] = {{"a", AE_IFREG, "x"}, {"a-b/c", AE_IFREG, "y"}, {"a.d/e", AE_IFREG, "z"}};
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    assert_int_equal(try_unpack(ok, N(ok), 0, NULL, &it, &err), 0);
+    assert_int_equal(it.n, 3);
+    archive_items_free(&it);
+}
+
+/* The expansion ratio: past the floor, unpacked bytes may be at most max_ratio times the archive's size; the
+ * declared sizes are checked at the header, so nothing is read. */
+static void test_ratio(void **state) {
+    size_t big = 4u << 20;
+    char *zeros = calloc(1, big + 1);
+    memset(zeros, 'a', big);
+    ent e[] = {{"z.txt", AE_IFREG, zeros}};
+    size_t len;
+    unsigned char *buf = build(e, 1, 1, &len);
+    free(zeros);
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err;
+    archive_limits lim = {100, (size_t)1 << 30, (size_t)1 << 30, 100, 1u << 20};
+    assert_int_equal(archive_unpack_mem(buf, len, &lim, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    if (!strstr(err.msg, "the expansion ratio limit is 100")) fail_msg("%s", err.msg);
+    lim.ratio_floor = big; /* under the floor: no ratio check */
+    assert_int_equal(archive_unpack_mem(buf, len, &lim, &it, &err), 0);
+    archive_items_free(&it);
+    lim.ratio_floor = 1u << 20;
+    lim.max_ratio = 0; /* off */
+    assert_int_equal(archive_unpack_mem(buf, len, &lim, &it, &err), 0);
+    archive_items_free(&it);
+    free(buf);
+}
+
+static char *write_tmp(const unsigned char *buf, size_t len) {
+    char *path = lt_strdup("/tmp/lathe-test-archive-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, buf, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+static int want_yaml(const char *path, void *ud) {
+    (void)ud;
+    size_t n = strlen(path);
+    return n >= 5 && !strcmp(path + n - 5, ".yaml");
+}
+
+typedef struct streamed {
+    strbuf seen; /* "path=bytes;" for every streamed file */
+    const char *stop_at;
+} streamed;
+
+static int on_file(const char *src, archive_stream *s, void *ud, lt_err *err) {
+    streamed *st = ud;
+    sb_printf(&st->seen, "%s=", src);
+    char buf[3];
+    long r;
+    while ((r = archive_stream_read(s, buf, sizeof buf, err)) > 0)
+        sb_append(&st->seen, buf, (size_t)r);
+    sb_puts(&st->seen, ";");
+    if (r < 0) return -1;
+    if (st->stop_at && !strcmp(src, st->stop_at)) return lt_err_set(err, 422, "stop");
+    return 0;
+}
+
+/* archive_scan_file keeps only the wanted bytes (and their links' copies); archive_stream_files then hands
+ * out every regular file's bytes in archive order, junk left out, and its limits apply to the bytes read. */
+static void test_scan_and_stream(void **state) {
+    ent e[] = {{"ds/", AE_IFDIR, NULL},
+               {"ds/dataset.yaml", AE_IFREG, "name: x\n"},
+               {"ds/train.jsonl", AE_IFREG, "0123456789"},
+               {"ds/.git/x", AE_IFREG, "junk"},
+               {"ds/link.jsonl", AE_IFLNK, "train.jsonl"},
+               {"ds/copy.yaml", 1, "ds/dataset.yaml"}};
+    size_t len;
+    unsigned char *buf = build(e, N(e), 1, &len);
+    char *path = write_tmp(buf, len);
+    free(buf);
+    archive_want want = {want_yaml, NULL, 1024, 4096};
+    archive_items it = ARCHIVE_ITEMS_INIT;
+    lt_err err = {0};
+    assert_int_equal(archive_scan_file(path, NULL, &want, &it, &err), 0);
+    assert_int_equal(archive_items_root(&it, "dataset.yaml", &err), 0);
+    assert_int_equal(it.n, 4);
+    const archive_item *m = archive_items_find(&it, "dataset.yaml");
+    assert_non_null(m->data);
+    assert_string_equal((const char *)m->data, "name: x\n");
+    assert_string_equal(m->src, "ds/dataset.yaml");
+    assert_string_equal((const char *)archive_items_find(&it, "copy.yaml")->data, "name: x\n");
+    const archive_item *t = archive_items_find(&it, "train.jsonl");
+    assert_null(t->data);
+    assert_int_equal(t->size, 10);
+    const archive_item *l = archive_items_find(&it, "link.jsonl");
+    assert_null(l->data);
+    assert_int_equal(l->size, 10);
+    assert_string_equal(l->src, "ds/train.jsonl");
+    assert_int_equal(it.total, 8 + 10 + 10 + 8);
+    archive_items_free(&it);
+
+    streamed st = {STRBUF_INIT, NULL};
+    assert_int_equal(archive_stream_files(path, NULL, on_file, &st, &err), 0);
+    assert_string_equal(st.seen.buf, "ds/dataset.yaml=name: x\n;ds/train.jsonl=0123456789;");
+    sb_reset(&st.seen);
+    st.stop_at = "ds/dataset.yaml"; /* a callback's error stops the walk */
+    assert_int_equal(archive_stream_files(path, NULL, on_file, &st, &err), -1);
+    assert_string_equal(err.msg, "stop");
+    assert_string_equal(st.seen.buf, "ds/dataset.yaml=name: x\n;");
+    sb_reset(&st.seen);
+    st.stop_at = NULL;
+    archive_limits lim = {100, 9, 100, 0, 0};
+    assert_int_equal(archive_stream_files(path, &lim, on_file, &st, &err), -1);
+    assert_int_equal(err.code, 413);
+    assert_string_equal(err.msg, "archive: ds/train.jsonl is over the per-file limit of 9 bytes");
+    sb_free(&st.seen);
+
+    /* wanted files have their own limits */
+    want.max_file = 4;
+    assert_int_equal(archive_scan_file(path, NULL, &want, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    assert_string_equal(err.msg,
+                        "archive: ds/dataset.yaml is 8 bytes, over the limit of 4 bytes for this file");
+    want.max_file = 1024;
+    want.max_total = 12; /* the hard link's copy counts too */
+    assert_int_equal(archive_scan_file(path, NULL, &want, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    if (!strstr(err.msg, "manifests and prompts together are over the limit of 12 bytes"))
+        fail_msg("%s", err.msg);
+    assert_null(it.v);
+    unlink(path);
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_and_gzip),
@@ -349,6 +517,10 @@ int main(void) {
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_root_location),
         cmocka_unit_test(test_pack_roundtrip),
+        cmocka_unit_test(test_dangerous_junk),
+        cmocka_unit_test(test_file_and_dir),
+        cmocka_unit_test(test_ratio),
+        cmocka_unit_test(test_scan_and_stream),
     };
     return cmocka_run_group_tests_name("archive", tests, NULL, NULL);
 }

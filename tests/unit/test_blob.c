@@ -159,12 +159,42 @@ static void test_delete_and_errors(void **state) {
     assert_null(blob_open("", &err));
 }
 
+/* The sweep removes what killed writers left (no flock held), keeps a live writer's temp file and other
+ * names, and a missing directory is nothing to sweep. */
+static void test_sweep(void **state) {
+    fx *f = *state;
+    lt_err err = {0};
+    char *tmp = lt_path_join(f->dir, "blobs/tmp");
+    char *dead = lt_path_join(tmp, "dead.part"), *other = lt_path_join(tmp, "keep.txt");
+    assert_int_equal(lt_write_file_atomic(dead, "x", 1, 0600, &err), 0);
+    assert_int_equal(lt_write_file_atomic(other, "x", 1, 0600, &err), 0);
+    blob_writer *w = blob_writer_open(f->bs, &err); /* alive: holds its lock */
+    assert_non_null(w);
+    assert_int_equal(blob_writer_write(w, "abc", 3, &err), 0);
+    assert_int_equal(blob_sweep(f->bs, &err), 1);
+    struct stat st;
+    assert_int_equal(stat(dead, &st), -1);
+    assert_int_equal(stat(other, &st), 0);
+    char digest[BLOB_DIGEST_LEN];
+    assert_int_equal(blob_writer_finish(w, digest, NULL, &err), 0); /* its temp file survived the sweep */
+    assert_string_equal(digest, "sha256:" ABC_HEX);
+    assert_int_equal(blob_sweep_dir(tmp, "keep", ".txt", &err), 1);
+    assert_int_equal(stat(other, &st), -1);
+    char *missing = lt_path_join(f->dir, "no-such-dir");
+    assert_int_equal(blob_sweep_dir(missing, "", "", &err), 0);
+    free(missing);
+    free(dead);
+    free(other);
+    free(tmp);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_put_layout_and_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_streams, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_and_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
     };
     return cmocka_run_group_tests_name("blob", tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "train/rows.h"
+#include "util/strbuf.h"
 #include "util/util.h"
 
 /* ---- helpers ---- */
@@ -450,6 +451,134 @@ static void test_load(void **state) {
     archive_items_free(&it);
 }
 
+/* ---- streaming ---- */
+
+/* A reader over a string that hands out at most `step` bytes per call (1 = every buffer boundary). */
+typedef struct chunks {
+    const char *s;
+    size_t n, pos, step;
+    int fail_at; /* > 0: fail with a 413 once this many bytes were read */
+} chunks;
+
+static long read_chunks(void *ud, char *buf, size_t n, lt_err *err) {
+    chunks *c = ud;
+    if (c->fail_at > 0 && c->pos >= (size_t)c->fail_at)
+        return lt_err_set(err, 413, "archive: unpacked contents are over the limit of 7 bytes");
+    size_t k = c->n - c->pos;
+    if (k > n) k = n;
+    if (k > c->step) k = c->step;
+    memcpy(buf, c->s + c->pos, k);
+    c->pos += k;
+    return (long)k;
+}
+
+static void same_as_memory(const char *text, rows_format fmt, size_t step) {
+    collected a = parse_ok(text, fmt), b = {json_array(), {0}, 0};
+    chunks ch = {text, strlen(text), 0, step, 0};
+    lt_err err = {0};
+    if (rows_parse_stream(read_chunks, &ch, fmt, NULL, "train", "f", collect, &b, NULL, &err) != 0)
+        fail_msg("stream parse failed: %s", err.msg);
+    assert_int_equal(a.n, b.n);
+    assert_true(json_equal(a.rows, b.rows));
+    assert_memory_equal(a.lines, b.lines, a.n * sizeof a.lines[0]);
+    json_decref(a.rows);
+    json_decref(b.rows);
+}
+
+static void test_stream_equals_memory(void **state) {
+    const char *jsonl =
+        "\xef\xbb\xbf{\"prompt\": \"a\"}\r\n\n  \n{\"prompt\": \"b\\nc\"}\n{\"prompt\": \"d\"}";
+    const char *json = "\xef\xbb\xbf [\n {\"prompt\": \"a]\"},\n\n {\"prompt\": \"{\\\"\"} ]\n";
+    const char *csv = "\xef\xbb\xbfprompt,answer\r\n\"a,\"\"b\"\"\nc\",x\r\n\nd,\n\"\",y\n";
+    size_t steps[] = {1, 2, 3, 7, 65536};
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        same_as_memory(jsonl, ROWS_JSONL, steps[i]);
+        same_as_memory(json, ROWS_JSON, steps[i]);
+        same_as_memory(csv, ROWS_CSV, steps[i]);
+        same_as_memory("[]", ROWS_JSON, steps[i]);
+    }
+}
+
+static void stream_bad(const char *text, rows_format fmt, const rows_limits *lim, int code, const char *msg,
+                       long line) {
+    collected c = {json_array(), {0}, 0};
+    chunks ch = {text, strlen(text), 0, 3, 0};
+    lt_err err = {0};
+    rows_loc loc = {"", "", -1};
+    assert_int_equal(
+        rows_parse_stream(read_chunks, &ch, fmt, lim, "train", "data/f.x", collect, &c, &loc, &err), -1);
+    assert_int_equal(err.code, code);
+    if (strcmp(err.msg, msg) != 0) fail_msg("got  '%s'\nwant '%s'", err.msg, msg);
+    assert_string_equal(loc.file, "data/f.x");
+    assert_int_equal(loc.line, line);
+    json_decref(c.rows);
+}
+
+static void test_stream_limits(void **state) {
+    rows_limits lim = {16, 3};
+    stream_bad("{\"prompt\":\"a\"}\n{\"prompt\":\"abcdef\"}\n", ROWS_JSONL, &lim, 413,
+               "split train, file data/f.x line 2: the line is longer than the limit of 16 bytes", 2);
+    stream_bad("[{\"prompt\":\"a\"},\n{\"prompt\":\"abcdef\"}]", ROWS_JSON, &lim, 413,
+               "split train, file data/f.x line 2: the row is longer than the limit of 16 bytes", 2);
+    stream_bad("prompt\na\n\"abcdefghijklmnopq\"\n", ROWS_CSV, &lim, 413,
+               "split train, file data/f.x line 3: the CSV record is longer than the limit of 16 bytes", 3);
+    stream_bad("\na,b,c,d\n1,2,3,4\n", ROWS_CSV, &lim, 422,
+               "split train, file data/f.x line 2: the record has more than 3 columns, over the limit of 3 "
+               "columns",
+               2);
+    stream_bad("prompt\na,b,c,d\n", ROWS_CSV, &lim, 422,
+               "split train, file data/f.x line 2: the record has more than 3 columns, over the limit of 3 "
+               "columns",
+               2);
+    /* exactly at the limits is fine */
+    collected c = {json_array(), {0}, 0};
+    const char *ok = "a,b,prompt\n,,0123456789abcd\n";
+    chunks ch = {ok, strlen(ok), 0, 5, 0};
+    lt_err err = {0};
+    assert_int_equal(rows_parse_stream(read_chunks, &ch, ROWS_CSV, &lim, NULL, "f", collect, &c, NULL, &err),
+                     0);
+    assert_int_equal(c.n, 1);
+    json_decref(c.rows);
+}
+
+static void test_stream_read_error_keeps_its_code(void **state) {
+    const char *text = "{\"prompt\":\"a\"}\n{\"prompt\":\"b\"}\n";
+    chunks ch = {text, strlen(text), 0, 4, 8};
+    collected c = {json_array(), {0}, 0};
+    lt_err err = {0};
+    rows_loc loc = {"", "", -1};
+    assert_int_equal(
+        rows_parse_stream(read_chunks, &ch, ROWS_JSONL, NULL, "train", "t.jsonl", collect, &c, &loc, &err),
+        -1);
+    assert_int_equal(err.code, 413);
+    assert_string_equal(err.msg, "archive: unpacked contents are over the limit of 7 bytes");
+    assert_string_equal(loc.file, "t.jsonl");
+    assert_int_equal(loc.line, 0);
+    json_decref(c.rows);
+}
+
+/* 100,000 columns: the memory reader stops at the default column limit; the duplicate-name check of a header
+ * under the limit is linear (a hash set), so 10,000 distinct names and a late duplicate are quick. */
+static void test_wide_header(void **state) {
+    strbuf sb = STRBUF_INIT;
+    for (int i = 0; i < 100000; i++)
+        sb_printf(&sb, "%sc%d", i ? "," : "", i);
+    sb_puts(&sb, "\n");
+    parse_bad(sb.buf, ROWS_CSV,
+              "split train, file data/f.x line 1: the record has more than 10000 columns, "
+              "over the limit of 10000 columns",
+              1);
+    sb_reset(&sb);
+    for (int i = 0; i < 9999; i++)
+        sb_printf(&sb, "c%d,", i);
+    sb_puts(&sb, "c17\n");
+    parse_bad(sb.buf, ROWS_CSV, "split train, file data/f.x line 1: header names column 'c17' twice", 1);
+    sb_free(&sb);
+    rows_limits d = rows_limits_default();
+    assert_int_equal(d.max_columns, 10000);
+    assert_int_equal(d.max_row_bytes, 2u << 20);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_jsonl),
@@ -463,6 +592,10 @@ int main(void) {
         cmocka_unit_test(test_rl_items),
         cmocka_unit_test(test_template),
         cmocka_unit_test(test_load),
+        cmocka_unit_test(test_stream_equals_memory),
+        cmocka_unit_test(test_stream_limits),
+        cmocka_unit_test(test_stream_read_error_keeps_its_code),
+        cmocka_unit_test(test_wide_header),
     };
     return cmocka_run_group_tests_name("rows", tests, NULL, NULL);
 }
