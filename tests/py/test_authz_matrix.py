@@ -245,6 +245,9 @@ def test_every_route_has_a_rule(world):
     stale = sorted(set(RULES) - routes)
     assert not missing, "routes in openapi.json without a row in RULES (say who may call them): %s" % missing
     assert not stale, "rows in RULES for routes openapi.json does not have: %s" % stale
+    # The callers include a key of each scope alone: a new scope must show up here (and in RULES).
+    enum = world.doc["components"]["schemas"]["CreateApiKeyRequest"]["properties"]["scopes"]["items"]["enum"]
+    assert enum == SCOPES, "the scopes of openapi.json changed: update SCOPES and RULES (%s)" % enum
 
 
 def request_for(w, method, pattern):
