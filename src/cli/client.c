@@ -56,9 +56,16 @@ static const lc_opt always_opts[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static int add_table(lc_args *a, const lc_opt *t, lt_err *err) {
+/* always_opts as a command without a server describes them in --help */
+static const lc_opt local_always_opts[] = {
+    {"json", LC_FLAG, NULL, "print the result as JSON"},
+    {"help", LC_FLAG, NULL, "show this help"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int add_table(lc_args *a, const lc_opt *t, int no_json, lt_err *err) {
     for (; t && t->name; t++) {
-        int dup = 0;
+        int dup = no_json && !strcmp(t->name, "json");
         for (size_t i = 0; i < a->nopt; i++)
             if (!strcmp(a->opt[i]->name, t->name)) dup = 1;
         if (dup) continue;
@@ -68,13 +75,30 @@ static int add_table(lc_args *a, const lc_opt *t, lt_err *err) {
     return 0;
 }
 
+static int add_tables(lc_args *a, const lc_opt *opts, const lc_opt *shared, int flags, lt_err *err) {
+    int no_json = (flags & LC_NO_JSON) != 0;
+    if (add_table(a, opts, no_json, err) || add_table(a, shared, no_json, err) ||
+        add_table(a, always_opts, no_json, err) || ((flags & LC_CONN) && add_table(a, conn_opts, 0, err)))
+        return -1;
+    return 0;
+}
+
 static int find_opt(const lc_args *a, const char *name, size_t len) {
     for (size_t i = 0; i < a->nopt; i++)
         if (strlen(a->opt[i]->name) == len && !strncmp(a->opt[i]->name, name, len)) return (int)i;
     return -1;
 }
 
-static int check_value(const lc_opt *o, const char *v, lt_err *err) {
+static int is_conn_opt(const lc_opt *o) {
+    for (const lc_opt *c = conn_opts; c->name; c++)
+        if (o == c) return 1;
+    return 0;
+}
+
+static int check_value(const lc_opt *o, const char *v, int flags, lt_err *err) {
+    if (!*v && ((flags & LC_NONEMPTY) || is_conn_opt(o)))
+        return lt_err_set(err, 2, "--%s is empty: give it a value (%s) or leave it out", o->name,
+                          o->metavar ? o->metavar : "VALUE");
     char *end = NULL;
     errno = 0;
     if (o->kind == LC_INT) {
@@ -89,10 +113,53 @@ static int check_value(const lc_opt *o, const char *v, lt_err *err) {
     return 0;
 }
 
-int lc_args_parse(lc_args *a, const lc_opt *opts, int conn, int argc, char **argv, lt_err *err) {
+/* Stores one value of option k; -1 with err when it is malformed. */
+static int set_value(lc_args *a, int k, const char *v, int flags, lt_err *err) {
+    const lc_opt *o = a->opt[k];
+    if (check_value(o, v, flags, err)) return -1;
+    a->val[k] = v;
+    if (o->kind == LC_LIST) {
+        const char **nl = realloc(a->list[k], (a->nlist[k] + 1) * sizeof *nl);
+        if (!nl) abort();
+        nl[a->nlist[k]++] = v;
+        a->list[k] = nl;
+    }
+    return 0;
+}
+
+/* Parses the option argv[*i] (it starts with '-'), taking its value from argv[*i + 1] when it needs one. */
+static int parse_opt(lc_args *a, int flags, int argc, char **argv, int *i, lt_err *err) {
+    const char *s = argv[*i];
+    if (!strcmp(s, "-h")) s = "--help";
+    if (!strcmp(s, "-y")) s = "--yes";
+    a->bad = s;
+    if (s[1] != '-') {
+        a->bad_unknown = 1;
+        return lt_err_set(err, 2, "unknown option '%s' (options are spelled --name)", s);
+    }
+    const char *name = s + 2, *eq = strchr(name, '=');
+    size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+    int k = find_opt(a, name, nlen);
+    if (k < 0) {
+        a->bad_unknown = 1;
+        return lt_err_set(err, 2, "unknown option '--%.*s'", (int)nlen, name);
+    }
+    const lc_opt *o = a->opt[k];
+    if (o->kind == LC_FLAG) {
+        if (eq) return lt_err_set(err, 2, "--%s takes no value", o->name);
+        a->val[k] = "1";
+        return 0;
+    }
+    if (eq) return set_value(a, k, eq + 1, flags, err);
+    if (*i + 1 >= argc) return lt_err_set(err, 2, "--%s needs a value (%s)", o->name, o->metavar);
+    *i += 1;
+    return set_value(a, k, argv[*i], flags, err);
+}
+
+int lc_args_parse_with(lc_args *a, const lc_opt *opts, const lc_opt *shared, int flags, int argc, char **argv,
+                       lt_err *err) {
     memset(a, 0, sizeof *a);
-    if (add_table(a, opts, err) || add_table(a, always_opts, err) || (conn && add_table(a, conn_opts, err)))
-        return -1;
+    if (add_tables(a, opts, shared, flags, err)) return -1;
     int only_pos = 0;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
@@ -105,39 +172,17 @@ int lc_args_parse(lc_args *a, const lc_opt *opts, int conn, int argc, char **arg
             only_pos = 1;
             continue;
         }
-        if (!strcmp(s, "-h")) s = "--help";
-        if (!strcmp(s, "-y")) s = "--yes";
-        if (s[1] != '-') return lt_err_set(err, 2, "unknown option '%s' (options are spelled --name)", s);
-        const char *name = s + 2, *eq = strchr(name, '=');
-        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-        int k = find_opt(a, name, nlen);
-        if (k < 0) return lt_err_set(err, 2, "unknown option '--%.*s' (see --help)", (int)nlen, name);
-        const lc_opt *o = a->opt[k];
-        if (o->kind == LC_FLAG) {
-            if (eq) return lt_err_set(err, 2, "--%s takes no value", o->name);
-            a->val[k] = "1";
-            continue;
-        }
-        const char *v;
-        if (eq) {
-            v = eq + 1;
-        } else {
-            if (i + 1 >= argc) return lt_err_set(err, 2, "--%s needs a value (%s)", o->name, o->metavar);
-            v = argv[++i];
-        }
-        if (check_value(o, v, err)) return -1;
-        a->val[k] = v;
-        if (o->kind == LC_LIST) {
-            const char **nl = realloc(a->list[k], (a->nlist[k] + 1) * sizeof *nl);
-            if (!nl) abort();
-            nl[a->nlist[k]++] = v;
-            a->list[k] = nl;
-        }
+        if (parse_opt(a, flags, argc, argv, &i, err)) return -1;
     }
+    a->bad = NULL;
     /* --organization is an alias of --org */
     int org = find_opt(a, "org", 3), orgn = find_opt(a, "organization", 12);
     if (org >= 0 && orgn >= 0 && !a->val[org]) a->val[org] = a->val[orgn];
     return 0;
+}
+
+int lc_args_parse(lc_args *a, const lc_opt *opts, int conn, int argc, char **argv, lt_err *err) {
+    return lc_args_parse_with(a, opts, NULL, conn, argc, argv, err);
 }
 
 const char *lc_arg(const lc_args *a, const char *name) {
@@ -161,8 +206,9 @@ void lc_args_free(lc_args *a) {
     memset(a, 0, sizeof *a);
 }
 
-static void help_table(FILE *f, const lc_opt *t) {
+static void help_table(FILE *f, const lc_opt *t, int no_json) {
     for (; t && t->name; t++) {
+        if (no_json && !strcmp(t->name, "json")) continue;
         char left[64];
         if (t->kind == LC_FLAG)
             snprintf(left, sizeof left, "--%s", t->name);
@@ -176,14 +222,19 @@ void lc_help(FILE *f, const char *usage, const char *desc, const lc_opt *opts, i
     fprintf(f, "usage: lathe %s\n\n%s\n", usage, desc);
     if (opts && opts->name) {
         fprintf(f, "\noptions:\n");
-        help_table(f, opts);
+        help_table(f, opts, 0);
     }
     fprintf(f, "\noutput:\n");
-    help_table(f, always_opts);
-    if (conn) {
+    help_table(f, (conn & LC_CONN) ? always_opts : local_always_opts, (conn & LC_NO_JSON) != 0);
+    if (conn & LC_CONN) {
         fprintf(f, "\nconnection (flag > environment > config file written by `lathe login`):\n");
-        help_table(f, conn_opts);
+        help_table(f, conn_opts, 0);
     }
+}
+
+void lc_help_section(FILE *f, const char *title, const lc_opt *opts) {
+    fprintf(f, "\n%s:\n", title);
+    help_table(f, opts, 0);
 }
 
 /* ============================================================================================================
@@ -748,63 +799,184 @@ long lc_untar(const void *data, size_t n, const char *dir, lt_err *err) {
  * ==========================================================================================================
  */
 
-static void group_help(FILE *f, const char *group, const char *desc, const lc_verb *verbs, size_t n) {
-    fprintf(f, "usage: lathe %s <verb> [options] (--help on any verb)\n\n%s\n\nverbs:\n", group, desc);
-    for (size_t i = 0; i < n; i++)
-        fprintf(f, "  %-12s %s\n", verbs[i].name, verbs[i].desc);
+static void group_help(FILE *f, const char *group, const lc_group *g) {
+    fprintf(f, "usage: lathe %s <verb> [options] (--help on any verb)\n\n%s\n\nverbs:\n", group, g->desc);
+    for (size_t i = 0; i < g->n; i++)
+        fprintf(f, "  %-12s %s\n", g->verbs[i].name, g->verbs[i].desc);
+    if (g->shared && g->shared->name)
+        lc_help_section(f, g->shared_title ? g->shared_title : "every verb", g->shared);
+}
+
+static void verb_help(const lc_group *g, const char *group, const lc_verb *v) {
+    strbuf u = STRBUF_INIT;
+    sb_printf(&u, "%s %s", group, v->usage);
+    lc_help(stdout, u.buf, v->desc, v->opts, g->flags);
+    if (g->shared && g->shared->name)
+        lc_help_section(stdout, g->shared_title ? g->shared_title : "every verb", g->shared);
+    sb_free(&u);
+}
+
+static const lc_verb *find_verb(const lc_group *g, const char *name) {
+    for (size_t i = 0; i < g->n; i++)
+        if (!strcmp(g->verbs[i].name, name)) return &g->verbs[i];
+    return NULL;
+}
+
+/* The verbs of g, other than `not`, whose own table has the option `opt` ("--name" or "--name=V"), as
+ * "a, b" into sb (empty when none). */
+static void verbs_taking(const lc_group *g, const lc_verb * not, const char *opt, strbuf *sb) {
+    if (strncmp(opt, "--", 2)) return;
+    size_t len = strcspn(opt + 2, "=");
+    for (size_t i = 0; i < g->n; i++) {
+        if (&g->verbs[i] == not ) continue;
+        for (const lc_opt *o = g->verbs[i].opts; o && o->name; o++)
+            if (strlen(o->name) == len && !strncmp(o->name, opt + 2, len)) {
+                sb_printf(sb, "%s%s", sb->len ? ", " : "", g->verbs[i].name);
+                break;
+            }
+    }
+}
+
+/* Index in argv of the verb: the first argument that is neither an option the whole group takes nor the
+ * value of one. 0 when there is none; -1 with err (and *bad) for any other option before the verb. */
+static int verb_index(const lc_group *g, int argc, char **argv, const char **bad, lt_err *err) {
+    lc_args t;
+    memset(&t, 0, sizeof t);
+    if (add_tables(&t, NULL, g->shared, g->flags, err)) return -1;
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        if (s[0] != '-' || !strcmp(s, "-")) return i;
+        if (!strcmp(s, "-h")) continue;
+        const char *name = s + 2;
+        size_t nlen = strcspn(name, "=");
+        int k = s[1] == '-' ? find_opt(&t, name, nlen) : -1;
+        if (k < 0) {
+            *bad = s;
+            return lt_err_set(err, 2, "'%s' comes before the verb: a verb's options go after it", s);
+        }
+        if (t.opt[k]->kind != LC_FLAG && !name[nlen]) {
+            if (i + 1 >= argc)
+                return lt_err_set(err, 2, "--%s needs a value (%s)", t.opt[k]->name, t.opt[k]->metavar);
+            i++;
+        }
+    }
+    return 0;
+}
+
+/* Prints a usage error of verb v (NULL before the verb is known) and returns EXIT_USAGE. */
+static int usage_error(const lc_group *g, const char *group, const lc_verb *v, const char *msg,
+                       const char *bad, int unknown) {
+    strbuf others = STRBUF_INIT;
+    if (bad && unknown) verbs_taking(g, v, bad, &others);
+    if (v) {
+        fprintf(stderr, "lathe %s %s: %s\n", group, v->name, msg);
+        if (others.len)
+            fprintf(stderr, "(%.*s is an option of %s, not of %s: see lathe %s %s --help)\n",
+                    (int)strcspn(bad, "="), bad, others.buf, v->name, group, v->name);
+        else
+            fprintf(stderr, "(see lathe %s %s --help)\n", group, v->name);
+    } else {
+        fprintf(stderr, "lathe %s: %s\n", group, msg);
+        if (others.len)
+            fprintf(stderr, "(%.*s is an option of %s: put it after the verb)\n", (int)strcspn(bad, "="), bad,
+                    others.buf);
+        else
+            fprintf(stderr, "(see lathe %s --help)\n", group);
+    }
+    sb_free(&others);
+    return EXIT_USAGE;
+}
+
+/* The positional count against v's bounds; prints the usage error and returns EXIT_USAGE, or 0. */
+static int check_positionals(const lc_group *g, const char *group, const lc_verb *v, const lc_args *a) {
+    if ((int)a->npos >= v->min_pos && (int)a->npos <= v->max_pos) return 0;
+    if (v->max_pos == 0) {
+        const char *x = a->pos[0];
+        fprintf(stderr, "lathe %s %s: unexpected argument '%s'%s\nusage: lathe %s %s\n", group, v->name, x,
+                find_verb(g, x) ? " (that is another verb: run one verb per command)" : "", group, v->usage);
+        return EXIT_USAGE;
+    }
+    fprintf(stderr, "lathe %s %s: expected %d%s argument%s, got %zu\nusage: lathe %s %s\n", group, v->name,
+            v->min_pos,
+            v->min_pos == v->max_pos ? ""
+            : v->max_pos == 2        ? " or 2"
+                                     : " or more",
+            v->max_pos == 1 ? "" : "s", a->npos, group, v->usage);
+    return EXIT_USAGE;
+}
+
+static int run_verb(const lc_group *g, const char *group, const lc_verb *v, const lc_args *a) {
+    if (!(g->flags & LC_CONN)) return v->fn(NULL, a, group);
+    lc_client c;
+    lt_err err = {0};
+    if (lc_client_init(&c, a, &err)) {
+        fprintf(stderr, "lathe %s %s: %s\n", group, v->name, err.msg);
+        lc_client_free(&c);
+        return err.code == 2 ? EXIT_USAGE : EXIT_FAIL;
+    }
+    int rc = v->fn(&c, a, group);
+    lc_client_free(&c);
+    return rc;
+}
+
+/* Parses the verb's arguments (av[0] is the verb) and runs it. */
+static int dispatch_verb(const lc_group *g, const char *group, const lc_verb *v, int ac, char **av) {
+    lc_args a;
+    lt_err err = {0};
+    int rc;
+    if (lc_args_parse_with(&a, v->opts, g->shared, g->flags, ac, av, &err))
+        rc = usage_error(g, group, v, err.msg, a.bad, a.bad_unknown);
+    else if (lc_flag(&a, "help")) {
+        verb_help(g, group, v);
+        rc = EXIT_OK;
+    } else if (!(rc = check_positionals(g, group, v, &a)))
+        rc = run_verb(g, group, v, &a);
+    lc_args_free(&a);
+    return rc;
+}
+
+int lc_dispatch_group(const lc_group *g, int argc, char **argv) {
+    const char *group = argv[0];
+    int help =
+        argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"));
+    if (argc < 2 || (help && (argc == 2 || !find_verb(g, argv[2])))) {
+        group_help(argc < 2 ? stderr : stdout, group, g);
+        return argc < 2 ? EXIT_USAGE : EXIT_OK;
+    }
+    if (help) { /* help VERB */
+        verb_help(g, group, find_verb(g, argv[2]));
+        return EXIT_OK;
+    }
+    const char *bad = NULL;
+    lt_err err = {0};
+    int vi = verb_index(g, argc, argv, &bad, &err);
+    if (vi < 0) return usage_error(g, group, NULL, err.msg, bad, 1);
+    if (vi == 0) {
+        fprintf(stderr, "lathe %s: no verb given\n\n", group);
+        group_help(stderr, group, g);
+        return EXIT_USAGE;
+    }
+    const lc_verb *v = find_verb(g, argv[vi]);
+    if (!v) {
+        fprintf(stderr, "lathe %s: unknown verb '%s'\n\n", group, argv[vi]);
+        group_help(stderr, group, g);
+        return EXIT_USAGE;
+    }
+    /* the verb first, then the group options that came before it, then the rest */
+    char **av = malloc((size_t)argc * sizeof *av);
+    if (!av) abort();
+    int ac = 0;
+    av[ac++] = argv[vi];
+    for (int i = 1; i < argc; i++)
+        if (i != vi) av[ac++] = argv[i];
+    int rc = dispatch_verb(g, group, v, ac, av);
+    free(av);
+    return rc;
 }
 
 int lc_dispatch(const char *group_desc, const lc_verb *verbs, size_t n, int argc, char **argv) {
-    const char *group = argv[0];
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-        group_help(argc < 2 ? stderr : stdout, group, group_desc, verbs, n);
-        return argc < 2 ? EXIT_USAGE : EXIT_OK;
-    }
-    const lc_verb *v = NULL;
-    for (size_t i = 0; i < n && !v; i++)
-        if (!strcmp(verbs[i].name, argv[1])) v = &verbs[i];
-    if (!v) {
-        fprintf(stderr, "lathe %s: unknown verb '%s'\n\n", group, argv[1]);
-        group_help(stderr, group, group_desc, verbs, n);
-        return EXIT_USAGE;
-    }
-    lc_args a;
-    lt_err err = {0};
-    if (lc_args_parse(&a, v->opts, 1, argc - 1, argv + 1, &err)) {
-        fprintf(stderr, "lathe %s %s: %s\n(see lathe %s %s --help)\n", group, v->name, err.msg, group,
-                v->name);
-        lc_args_free(&a);
-        return EXIT_USAGE;
-    }
-    if (lc_flag(&a, "help")) {
-        strbuf u = STRBUF_INIT;
-        sb_printf(&u, "%s %s", group, v->usage);
-        lc_help(stdout, u.buf, v->desc, v->opts, 1);
-        sb_free(&u);
-        lc_args_free(&a);
-        return EXIT_OK;
-    }
-    if ((int)a.npos < v->min_pos || (int)a.npos > v->max_pos) {
-        fprintf(stderr, "lathe %s %s: expected %d%s argument%s, got %zu\nusage: lathe %s %s\n", group,
-                v->name, v->min_pos,
-                v->min_pos == v->max_pos ? ""
-                : v->max_pos == 2        ? " or 2"
-                                         : " or more",
-                v->max_pos == 1 ? "" : "s", a.npos, group, v->usage);
-        lc_args_free(&a);
-        return EXIT_USAGE;
-    }
-    lc_client c;
-    if (lc_client_init(&c, &a, &err)) {
-        fprintf(stderr, "lathe %s %s: %s\n", group, v->name, err.msg);
-        lc_client_free(&c);
-        lc_args_free(&a);
-        return err.code == 2 ? EXIT_USAGE : EXIT_FAIL;
-    }
-    int rc = v->fn(&c, &a, group);
-    lc_client_free(&c);
-    lc_args_free(&a);
-    return rc;
+    const lc_group g = {group_desc, verbs, n, NULL, NULL, LC_CONN};
+    return lc_dispatch_group(&g, argc, argv);
 }
 
 void lc_print_json(FILE *f, const json_t *j) {

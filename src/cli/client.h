@@ -52,21 +52,38 @@ typedef struct lc_args {
     size_t nlist[LC_MAX_OPTS];
     const char *pos[LC_MAX_POS]; /* positional arguments in order (borrowed) */
     size_t npos;
+    const char *bad; /* after a usage error: the option at fault, as given ("--name" or "--name=VALUE") */
+    int bad_unknown; /* ... and 1 when it is an option the tables do not know */
 } lc_args;
 
+/* What a command's options are parsed with: the `conn` argument of lc_args_parse and lc_help is a set of
+ * these bits (1 is LC_CONN, so the historical 0/1 keep their meaning). */
+enum lc_parse_flags {
+    LC_CONN = 1,     /* accept the connection options (an empty value for one of them is a usage error) */
+    LC_NONEMPTY = 2, /* every option value must be non-empty: `--scopes ''` is a usage error */
+    LC_NO_JSON = 4,  /* the command has no JSON output: --json is an unknown option */
+};
+
 /* Parses argv[1..argc) (argv[0] is the verb name) against `opts` (NULL-terminated table) plus, when
- * `conn` is set, the connection options --server, --api-key, --org (alias --organization), --workspace,
- * --project; --json and --help are always accepted. "--" ends options. Returns 0, or -1 with a usage message
- * in err (unknown option, missing or malformed value, too many positionals). */
+ * `conn` has LC_CONN, the connection options --server, --api-key, --org (alias --organization), --workspace,
+ * --project; --help (and --json, unless LC_NO_JSON) are always accepted. "--" ends options. Returns 0, or -1
+ * with a usage message in err (unknown option, missing, empty or malformed value, too many positionals) and
+ * the option at fault in a->bad. */
 int lc_args_parse(lc_args *a, const lc_opt *opts, int conn, int argc, char **argv, lt_err *err);
+/* The same with a second table (`shared`, may be NULL): options a whole command group takes, such as
+ * `lathe admin`'s --data-dir and --db. An option in both tables counts once (the first table's entry). */
+int lc_args_parse_with(lc_args *a, const lc_opt *opts, const lc_opt *shared, int flags, int argc, char **argv,
+                       lt_err *err);
 const char *lc_arg(const lc_args *a, const char *name); /* NULL when not given */
 int lc_flag(const lc_args *a, const char *name);        /* 1 when given */
 const char *const *lc_list(const lc_args *a, const char *name, size_t *n);
 void lc_args_free(lc_args *a);
 
-/* Writes "usage: lathe USAGE\n\nDESC\n\noptions:\n..." for the table (plus the connection options when conn).
- */
+/* Writes "usage: lathe USAGE\n\nDESC\n\noptions:\n..." for the table (plus the connection options when conn
+ * has LC_CONN; without --json when it has LC_NO_JSON). */
 void lc_help(FILE *f, const char *usage, const char *desc, const lc_opt *opts, int conn);
+/* Writes "\nTITLE:\n" and one aligned line per option of the table (the layout of lc_help's sections). */
+void lc_help_section(FILE *f, const char *title, const lc_opt *opts);
 
 /* ------------------------------------------------------------------------------------------------------------
  * Connection settings
@@ -200,9 +217,25 @@ typedef struct lc_verb {
     int min_pos, max_pos; /* positional argument count bounds */
 } lc_verb;
 
-/* argv[0] is the group, argv[1] the verb. Prints the group's help for no verb / --help / help (exit 0 for an
- * explicit help, 2 otherwise), the verb's help for VERB --help, usage errors with exit 2; otherwise builds a
- * client from the flags and runs the verb. */
+/* A verb group: the verbs and what they share. */
+typedef struct lc_group {
+    const char *desc; /* a paragraph for the group's help */
+    const lc_verb *verbs;
+    size_t n;
+    const lc_opt *shared;     /* options every verb takes (NULL: none), listed in each verb's help */
+    const char *shared_title; /* their heading there: "store (flag > environment > default)" */
+    int flags;                /* enum lc_parse_flags; LC_CONN: a server client is built for each verb */
+} lc_group;
+
+/* argv[0] is the group; the verb is its first argument that is not an option. Options the whole group takes
+ * (the connection options with LC_CONN, g->shared, --json, --help) may come before the verb as well as after
+ * it; any other option before the verb is a usage error saying where it goes. Prints the group's help for no
+ * verb / --help / help (exit 0 for an explicit help, 2 otherwise), the verb's help for VERB --help or help
+ * VERB, usage errors (naming the option, the verb, and the verb that takes an option this one does not) with
+ * exit 2; otherwise runs the verb, with a client built from the flags when g->flags has LC_CONN and with
+ * c = NULL when it does not. */
+int lc_dispatch_group(const lc_group *g, int argc, char **argv);
+/* lc_dispatch_group for a client group: the connection options shared, LC_CONN. */
 int lc_dispatch(const char *group_desc, const lc_verb *verbs, size_t n, int argc, char **argv);
 
 /* Prints JSON indented by 2 with a final newline. */

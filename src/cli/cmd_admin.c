@@ -5,11 +5,19 @@
  * when no API key exists yet or the only one was lost. SQLite's busy waiting lets them run while the server
  * is up. Each verb prints what it created (one line), or with --json one JSON object.
  *
- *   init [--org KEY] [--workspace KEY] [--email EMAIL]   idempotent; prints a new owner key, saved to
- * admin.key create-org --key KEY [--name NAME] create-user --email EMAIL [--username NAME] [--full-name NAME]
+ *   init [--org KEY] [--workspace KEY] [--email EMAIL]   idempotent; prints a new owner key (admin.key)
+ *   create-org --key KEY [--name NAME]
+ *   create-user --email EMAIL [--username NAME] [--full-name NAME]
  *   grant --email EMAIL --org KEY --role owner|contributor|reader
- *   create-key --email EMAIL [--name NAME] [--org KEY] [--workspace KEY] [--scopes a,b]
- *   revoke-key --id ID */
+ *   create-key --email EMAIL [--name NAME] [--org KEY [--workspace KEY]] [--scopes a,b]
+ *   revoke-key --id ID
+ *
+ * Options. The verbs are an lc_group (client.h): each verb has its own option table, so a flag of another
+ * verb is an unknown option naming the verb that takes it, and `lathe admin VERB --help` lists exactly the
+ * verb's flags. --db and --data-dir are the group's shared options and may come before or after the verb.
+ * Every value must be non-empty (LC_NONEMPTY). A verb is described once in admin_verb: the flags it
+ * requires, a check of its arguments that needs no store (usage errors never create a data dir), and the
+ * function that runs on the open store. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,33 +25,19 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
+#include "cli/client.h"
 #include "store/db.h"
 #include "store/store.h"
 #include "util/util.h"
 
-typedef struct admin_args {
-    const char *data_dir, *db_url;
-    const char *org, *workspace, *email, *key, *name, *username, *full_name, *role, *scopes, *id;
-    int json;
-} admin_args;
+#define SCOPE_NAMES "training:read, training:write, artifacts:read, artifacts:write, worker"
 
-static void usage(FILE *f) {
-    fprintf(f, "usage: lathe admin VERB [flags] [--db URL] [--data-dir DIR] [--json]\n\n"
-               "Bootstrap and recovery on the server's store (no server needed).\n\n"
-               "  init [--org KEY] [--workspace KEY] [--email EMAIL]\n"
-               "        make sure the org (default 'default'), workspace (default 'main') and owner user\n"
-               "        (default admin@localhost) exist; print a new owner API key (also saved to\n"
-               "        <data dir>/admin.key, mode 0600)\n"
-               "  create-org --key KEY [--name NAME]\n"
-               "  create-user --email EMAIL [--username NAME] [--full-name NAME]\n"
-               "  grant --email EMAIL --org KEY --role owner|contributor|reader\n"
-               "  create-key --email EMAIL [--name NAME] [--org KEY] [--workspace KEY] [--scopes a,b]\n"
-               "        scopes: training:read, training:write, artifacts:read, artifacts:write, worker\n"
-               "  revoke-key --id ID\n\n"
-               "  --db URL        store URL (env LATHE_DB; default sqlite:<data dir>/lathe.db)\n"
-               "  --data-dir DIR  data directory (env LATHE_DATA_DIR; default ./lathe-data)\n"
-               "  --json          print the result as JSON\n");
-}
+typedef struct admin_verb {
+    const char *name;
+    const char *required[4]; /* flags (without "--") that must be given; NULL ends */
+    int (*check)(const lc_args *a);
+    int (*run)(db *d, const lc_args *a, const char *data_dir);
+} admin_verb;
 
 static int fail(const char *verb, const lt_err *err) {
     fprintf(stderr, "lathe admin %s: %s\n", verb, err->msg);
@@ -52,8 +46,8 @@ static int fail(const char *verb, const lt_err *err) {
     return EXIT_FAIL;
 }
 
-static void emit(const admin_args *a, json_t *obj, const char *text) {
-    if (a->json) {
+static void emit(const lc_args *a, json_t *obj, const char *text) {
+    if (lc_flag(a, "json")) {
         char *s = json_dumps(obj, JSON_INDENT(2));
         printf("%s\n", s ? s : "{}");
         free(s);
@@ -67,12 +61,6 @@ static json_t *jstr(const char *s) {
     return s && *s ? json_string(s) : json_null();
 }
 
-static int need(const char *verb, const char *flag, const char *v) {
-    if (v && *v) return 0;
-    fprintf(stderr, "lathe admin %s: %s is required\n", verb, flag);
-    return -1;
-}
-
 static json_t *key_obj(const char *key, const store_apikey *k, const char *org, const char *ws) {
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(k->id));
@@ -83,21 +71,24 @@ static json_t *key_obj(const char *key, const store_apikey *k, const char *org, 
     json_object_set_new(o, "org", jstr(org));
     json_object_set_new(o, "workspace", jstr(ws));
     json_t *sc = json_array();
-    for (unsigned bit = 1; bit <= STORE_SCOPE_WORKER; bit <<= 1)
+    for (unsigned bit = 1; bit & STORE_SCOPES_ALL; bit <<= 1)
         if (k->scopes & bit) json_array_append_new(sc, json_string(store_scope_name(bit)));
     json_object_set_new(o, "scopes", sc);
     return o;
 }
 
-static int verb_init(db *d, const admin_args *a) {
+/* ---- the verbs, on an open store ---- */
+
+static int run_init(db *d, const lc_args *a, const char *data_dir) {
     lt_err err = {0};
     char key[STORE_KEY_LEN];
     store_bootstrap_result r;
-    if (store_bootstrap(d, a->org, a->workspace, a->email, key, &r, &err) != 0) return fail("init", &err);
-    char *path = lt_path_join(a->data_dir, "admin.key");
+    if (store_bootstrap(d, lc_arg(a, "org"), lc_arg(a, "workspace"), lc_arg(a, "email"), key, &r, &err) != 0)
+        return fail("init", &err);
+    char *path = lt_path_join(data_dir, "admin.key");
     char line[STORE_KEY_LEN + 2];
     snprintf(line, sizeof line, "%s\n", key);
-    if (lt_mkdir_p(a->data_dir, 0755, &err) != 0 ||
+    if (lt_mkdir_p(data_dir, 0755, &err) != 0 ||
         lt_write_file_atomic(path, line, strlen(line), 0600, &err) != 0) {
         free(path);
         return fail("init", &err);
@@ -124,11 +115,12 @@ static int verb_init(db *d, const admin_args *a) {
     return EXIT_OK;
 }
 
-static int verb_create_org(db *d, const admin_args *a) {
-    if (need("create-org", "--key", a->key)) return EXIT_USAGE;
+static int run_create_org(db *d, const lc_args *a, const char *data_dir) {
+    (void)data_dir;
     lt_err err = {0};
     store_org o;
-    if (store_org_create(d, a->key, a->name, NULL, &o, &err) != 0) return fail("create-org", &err);
+    if (store_org_create(d, lc_arg(a, "key"), lc_arg(a, "name"), NULL, &o, &err) != 0)
+        return fail("create-org", &err);
     json_t *j = json_object();
     json_object_set_new(j, "id", json_string(o.id));
     json_object_set_new(j, "key", json_string(o.key));
@@ -142,11 +134,12 @@ static int verb_create_org(db *d, const admin_args *a) {
     return EXIT_OK;
 }
 
-static int verb_create_user(db *d, const admin_args *a) {
-    if (need("create-user", "--email", a->email)) return EXIT_USAGE;
+static int run_create_user(db *d, const lc_args *a, const char *data_dir) {
+    (void)data_dir;
     lt_err err = {0};
     store_user u;
-    if (store_user_create(d, a->email, a->username, a->full_name, &u, &err) != 0)
+    if (store_user_create(d, lc_arg(a, "email"), lc_arg(a, "username"), lc_arg(a, "full-name"), &u, &err) !=
+        0)
         return fail("create-user", &err);
     json_t *j = json_object();
     json_object_set_new(j, "id", json_string(u.id));
@@ -159,19 +152,21 @@ static int verb_create_user(db *d, const admin_args *a) {
     return EXIT_OK;
 }
 
-static int verb_grant(db *d, const admin_args *a) {
-    if (need("grant", "--email", a->email) || need("grant", "--org", a->org) ||
-        need("grant", "--role", a->role))
-        return EXIT_USAGE;
-    int role = store_role_parse(a->role);
-    if (!role) {
-        fprintf(stderr, "lathe admin grant: --role must be owner, contributor or reader\n");
-        return EXIT_USAGE;
-    }
+static int check_grant(const lc_args *a) {
+    if (store_role_parse(lc_arg(a, "role"))) return 0;
+    fprintf(stderr, "lathe admin grant: --role must be owner, contributor or reader, got '%s'\n",
+            lc_arg(a, "role"));
+    return -1;
+}
+
+static int run_grant(db *d, const lc_args *a, const char *data_dir) {
+    (void)data_dir;
+    int role = store_role_parse(lc_arg(a, "role"));
     lt_err err = {0};
     store_user u;
     store_org o;
-    if (store_user_by_email(d, a->email, &u, &err) != 0 || store_org_by_key(d, a->org, &o, &err) != 0 ||
+    if (store_user_by_email(d, lc_arg(a, "email"), &u, &err) != 0 ||
+        store_org_by_key(d, lc_arg(a, "org"), &o, &err) != 0 ||
         store_member_set(d, o.id, u.id, role, &err) != 0)
         return fail("grant", &err);
     json_t *j = json_object();
@@ -185,28 +180,64 @@ static int verb_grant(db *d, const admin_args *a) {
     return EXIT_OK;
 }
 
-static int verb_create_key(db *d, const admin_args *a) {
-    if (need("create-key", "--email", a->email)) return EXIT_USAGE;
+static int check_create_key(const lc_args *a) {
+    const char *scopes = lc_arg(a, "scopes");
+    unsigned mask = 0;
+    lt_err err = {0};
+    if (scopes && store_scopes_parse_list(scopes, &mask, &err) != 0) {
+        fprintf(stderr, "lathe admin create-key: --scopes: %s\n", err.msg);
+        return -1;
+    }
+    if (scopes && !mask) {
+        fprintf(stderr,
+                "lathe admin create-key: --scopes '%s' names no scope: list one or more of " SCOPE_NAMES
+                ", or leave --scopes out for an unrestricted key\n",
+                scopes);
+        return -1;
+    }
+    if (lc_arg(a, "workspace") && !lc_arg(a, "org")) {
+        fprintf(stderr, "lathe admin create-key: --workspace needs --org (the org the workspace is in)\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* The org of an org-limited key, which the user must belong to: a key limited to an org where its user has
+ * no role would answer 404 on every route. */
+static int key_org(db *d, const char *org_key, const store_user *u, store_org *o) {
+    lt_err err = {0};
+    int role = STORE_ROLE_NONE;
+    if (store_org_by_key(d, org_key, o, &err) != 0 || store_member_role(d, o->id, u->id, &role, &err) != 0)
+        return fail("create-key", &err);
+    if (role != STORE_ROLE_NONE) return EXIT_OK;
+    fprintf(stderr,
+            "lathe admin create-key: %s has no role in org '%s', so a key limited to it would answer 404 "
+            "everywhere;\ngrant one first: lathe admin grant --email %s --org %s --role "
+            "reader|contributor|owner\n",
+            u->email, o->key, u->email, o->key);
+    return EXIT_FAIL;
+}
+
+static int run_create_key(db *d, const lc_args *a, const char *data_dir) {
+    (void)data_dir;
+    const char *org = lc_arg(a, "org"), *ws = lc_arg(a, "workspace");
     lt_err err = {0};
     unsigned scopes = 0;
-    if (a->scopes && store_scopes_parse_list(a->scopes, &scopes, &err) != 0) return fail("create-key", &err);
-    if (a->workspace && !a->org) {
-        fprintf(stderr, "lathe admin create-key: --workspace needs --org\n");
-        return EXIT_USAGE;
-    }
+    if (lc_arg(a, "scopes") && store_scopes_parse_list(lc_arg(a, "scopes"), &scopes, &err) != 0)
+        return fail("create-key", &err);
     store_user u;
     store_org o;
     store_workspace w;
-    if (store_user_by_email(d, a->email, &u, &err) != 0) return fail("create-key", &err);
-    if (a->org && store_org_by_key(d, a->org, &o, &err) != 0) return fail("create-key", &err);
-    if (a->workspace && store_workspace_by_key(d, o.id, a->workspace, &w, &err) != 0)
-        return fail("create-key", &err);
+    if (store_user_by_email(d, lc_arg(a, "email"), &u, &err) != 0) return fail("create-key", &err);
+    int rc = org ? key_org(d, org, &u, &o) : EXIT_OK;
+    if (rc != EXIT_OK) return rc;
+    if (ws && store_workspace_by_key(d, o.id, ws, &w, &err) != 0) return fail("create-key", &err);
     char key[STORE_KEY_LEN];
     store_apikey k;
-    if (store_apikey_create(d, u.id, a->name, a->org ? o.id : NULL, a->workspace ? w.id : NULL, scopes, key,
-                            &k, &err) != 0)
+    if (store_apikey_create(d, u.id, lc_arg(a, "name"), org ? o.id : NULL, ws ? w.id : NULL, scopes, key, &k,
+                            &err) != 0)
         return fail("create-key", &err);
-    json_t *j = key_obj(key, &k, a->org, a->workspace);
+    json_t *j = key_obj(key, &k, org, ws);
     json_object_set_new(j, "email", json_string(u.email));
     char text[256];
     snprintf(text, sizeof text, "%s", key);
@@ -214,110 +245,158 @@ static int verb_create_key(db *d, const admin_args *a) {
     return EXIT_OK;
 }
 
-static int verb_revoke_key(db *d, const admin_args *a) {
-    if (need("revoke-key", "--id", a->id)) return EXIT_USAGE;
+static int check_revoke_key(const lc_args *a) {
+    if (lt_is_uuid(lc_arg(a, "id"))) return 0;
+    fprintf(stderr,
+            "lathe admin revoke-key: --id '%s' is not a key id (a UUID; see GET /api/v1/user/api-keys)\n",
+            lc_arg(a, "id"));
+    return -1;
+}
+
+static int run_revoke_key(db *d, const lc_args *a, const char *data_dir) {
+    (void)data_dir;
+    const char *id = lc_arg(a, "id");
     lt_err err = {0};
-    if (!lt_is_uuid(a->id)) {
-        fprintf(stderr,
-                "lathe admin revoke-key: --id '%s' is not a key id (a UUID; see GET /api/v1/user/api-keys)\n",
-                a->id);
-        return EXIT_USAGE;
-    }
-    if (store_apikey_revoke(d, NULL, a->id, &err) != 0) return fail("revoke-key", &err);
+    if (store_apikey_revoke(d, NULL, id, &err) != 0) return fail("revoke-key", &err);
     json_t *j = json_object();
-    json_object_set_new(j, "id", json_string(a->id));
+    json_object_set_new(j, "id", json_string(id));
     json_object_set_new(j, "revoked", json_true());
     char text[128];
-    snprintf(text, sizeof text, "revoked key %s", a->id);
+    snprintf(text, sizeof text, "revoked key %s", id);
     emit(a, j, text);
     return EXIT_OK;
 }
 
-int cmd_admin(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? EXIT_USAGE : EXIT_OK;
-    }
-    const char *verb = argv[1];
-    admin_args a = {0};
-    const char *e = getenv("LATHE_DATA_DIR");
-    a.data_dir = e && *e ? e : "./lathe-data";
-    e = getenv("LATHE_DB");
-    a.db_url = e && *e ? e : NULL;
-    struct {
-        const char *flag;
-        const char **dst;
-    } flags[] = {
-        {"--data-dir", &a.data_dir},   {"--db", &a.db_url},         {"--org", &a.org},
-        {"--workspace", &a.workspace}, {"--email", &a.email},       {"--key", &a.key},
-        {"--name", &a.name},           {"--username", &a.username}, {"--full-name", &a.full_name},
-        {"--role", &a.role},           {"--scopes", &a.scopes},     {"--id", &a.id},
-    };
-    for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) {
-            a.json = 1;
-            continue;
-        }
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return EXIT_OK;
-        }
-        const char *eq = strchr(argv[i], '=');
-        size_t n = eq ? (size_t)(eq - argv[i]) : strlen(argv[i]);
-        int found = 0;
-        for (size_t f = 0; f < sizeof flags / sizeof flags[0]; f++) {
-            if (strlen(flags[f].flag) != n || strncmp(flags[f].flag, argv[i], n) != 0) continue;
-            found = 1;
-            if (eq)
-                *flags[f].dst = eq + 1;
-            else if (i + 1 < argc)
-                *flags[f].dst = argv[++i];
-            else {
-                fprintf(stderr, "lathe admin %s: %s needs a value\n", verb, flags[f].flag);
-                return EXIT_USAGE;
-            }
-        }
-        if (!found) {
-            fprintf(stderr, "lathe admin %s: unknown flag '%s'\n\n", verb, argv[i]);
-            usage(stderr);
+/* ---- one verb: required flags, its check, then the store ---- */
+
+static const char *flag_or_env(const lc_args *a, const char *flag, const char *env, const char *dflt) {
+    const char *v = lc_arg(a, flag);
+    if (v) return v;
+    const char *e = getenv(env);
+    return e && *e ? e : dflt;
+}
+
+static int admin_main(const admin_verb *v, const lc_args *a) {
+    for (int i = 0; v->required[i]; i++)
+        if (!lc_arg(a, v->required[i])) {
+            fprintf(stderr, "lathe admin %s: --%s is required (see lathe admin %s --help)\n", v->name,
+                    v->required[i], v->name);
             return EXIT_USAGE;
         }
-    }
-    static const char *verbs[] = {"init", "create-org", "create-user", "grant", "create-key", "revoke-key"};
-    int known = 0;
-    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
-        known |= !strcmp(verb, verbs[i]);
-    if (!known) {
-        fprintf(stderr, "lathe admin: unknown verb '%s'\n\n", verb);
-        usage(stderr);
-        return EXIT_USAGE;
-    }
+    if (v->check && v->check(a)) return EXIT_USAGE;
+    const char *data_dir = flag_or_env(a, "data-dir", "LATHE_DATA_DIR", "./lathe-data");
+    const char *db_url = flag_or_env(a, "db", "LATHE_DB", NULL);
     lt_err err = {0};
     char url[4096];
-    if (!a.db_url) {
-        if (lt_mkdir_p(a.data_dir, 0755, &err) != 0) return fail(verb, &err);
-        snprintf(url, sizeof url, "sqlite:%s/lathe.db", a.data_dir);
-        a.db_url = url;
+    if (!db_url) {
+        if (lt_mkdir_p(data_dir, 0755, &err) != 0) return fail(v->name, &err);
+        snprintf(url, sizeof url, "sqlite:%s/lathe.db", data_dir);
+        db_url = url;
     }
-    db *d = db_open(a.db_url, &err);
-    if (!d) return fail(verb, &err);
+    db *d = db_open(db_url, &err);
+    if (!d) return fail(v->name, &err);
     if (db_migrate(d, &err) != 0) {
         db_close(d);
-        return fail(verb, &err);
+        return fail(v->name, &err);
     }
-    int rc;
-    if (!strcmp(verb, "init"))
-        rc = verb_init(d, &a);
-    else if (!strcmp(verb, "create-org"))
-        rc = verb_create_org(d, &a);
-    else if (!strcmp(verb, "create-user"))
-        rc = verb_create_user(d, &a);
-    else if (!strcmp(verb, "grant"))
-        rc = verb_grant(d, &a);
-    else if (!strcmp(verb, "create-key"))
-        rc = verb_create_key(d, &a);
-    else
-        rc = verb_revoke_key(d, &a);
+    int rc = v->run(d, a, data_dir);
     db_close(d);
     return rc;
+}
+
+static const admin_verb av_init = {"init", {NULL}, NULL, run_init};
+static const admin_verb av_create_org = {"create-org", {"key", NULL}, NULL, run_create_org};
+static const admin_verb av_create_user = {"create-user", {"email", NULL}, NULL, run_create_user};
+static const admin_verb av_grant = {"grant", {"email", "org", "role", NULL}, check_grant, run_grant};
+static const admin_verb av_create_key = {"create-key", {"email", NULL}, check_create_key, run_create_key};
+static const admin_verb av_revoke_key = {"revoke-key", {"id", NULL}, check_revoke_key, run_revoke_key};
+
+#define ADMIN_FN(fn, spec)                                                                                   \
+    static int fn(lc_client *c, const lc_args *a, const char *group) {                                       \
+        (void)c;                                                                                             \
+        (void)group;                                                                                         \
+        return admin_main(&spec, a);                                                                         \
+    }
+ADMIN_FN(v_init, av_init)
+ADMIN_FN(v_create_org, av_create_org)
+ADMIN_FN(v_create_user, av_create_user)
+ADMIN_FN(v_grant, av_grant)
+ADMIN_FN(v_create_key, av_create_key)
+ADMIN_FN(v_revoke_key, av_revoke_key)
+
+/* ---- option tables ---- */
+
+static const lc_opt store_opts[] = {
+    {"db", LC_STR, "URL", "store URL (env LATHE_DB; default sqlite:<data dir>/lathe.db)"},
+    {"data-dir", LC_STR, "DIR", "data directory (env LATHE_DATA_DIR; default ./lathe-data)"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const lc_opt init_opts[] = {
+    {"org", LC_STR, "KEY", "the org to make sure of (default \"default\")"},
+    {"workspace", LC_STR, "KEY", "its workspace (default \"main\")"},
+    {"email", LC_STR, "EMAIL", "the owner (default admin@localhost)"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const lc_opt create_org_opts[] = {
+    {"key", LC_STR, "KEY", "the org's key, [a-z0-9][a-z0-9-]* (required)"},
+    {"name", LC_STR, "NAME", "display name (default: the key)"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const lc_opt create_user_opts[] = {
+    {"email", LC_STR, "EMAIL", "the user's email, unique case-insensitively (required)"},
+    {"username", LC_STR, "NAME", "user name"},
+    {"full-name", LC_STR, "NAME", "full name"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const lc_opt grant_opts[] = {
+    {"email", LC_STR, "EMAIL", "the user (required)"},
+    {"org", LC_STR, "KEY", "the org (required)"},
+    {"role", LC_STR, "ROLE", "owner | contributor | reader (required)"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const lc_opt create_key_opts[] = {
+    {"email", LC_STR, "EMAIL", "the key's user (required)"},
+    {"name", LC_STR, "NAME", "key name"},
+    {"org", LC_STR, "KEY", "limit the key to this org (the user must have a role in it)"},
+    {"workspace", LC_STR, "KEY", "limit the key to this workspace of --org"},
+    {"scopes", LC_STR, "A,B", "limit the key to these scopes (default: all): " SCOPE_NAMES},
+    {NULL, 0, NULL, NULL},
+};
+
+static const lc_opt revoke_key_opts[] = {
+    {"id", LC_STR, "ID", "the key's id, a UUID (GET /api/v1/user/api-keys lists them) (required)"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const lc_verb verbs[] = {
+    {"init", v_init, init_opts, "init [--org KEY] [--workspace KEY] [--email EMAIL]",
+     "make sure the org, workspace and owner exist; print a new owner key (saved to <data dir>/admin.key)", 0,
+     0},
+    {"create-org", v_create_org, create_org_opts, "create-org --key KEY [--name NAME]",
+     "a new org with workspace main and project default, no members yet (grant one)", 0, 0},
+    {"create-user", v_create_user, create_user_opts,
+     "create-user --email EMAIL [--username NAME] [--full-name NAME]", "a new user", 0, 0},
+    {"grant", v_grant, grant_opts, "grant --email EMAIL --org KEY --role owner|contributor|reader",
+     "add a user to an org with a role, or change the role", 0, 0},
+    {"create-key", v_create_key, create_key_opts,
+     "create-key --email EMAIL [--name NAME] [--org KEY [--workspace KEY]] [--scopes A,B]",
+     "a new API key for a user, optionally limited to an org, a workspace, scopes", 0, 0},
+    {"revoke-key", v_revoke_key, revoke_key_opts, "revoke-key --id ID", "revoke an API key", 0, 0},
+};
+
+int cmd_admin(int argc, char **argv) {
+    static const lc_group g = {
+        "Bootstrap and recovery on the server's store (no server needed; it may run while the server runs).",
+        verbs,
+        sizeof verbs / sizeof verbs[0],
+        store_opts,
+        "store (before or after the verb; flag > environment > default)",
+        LC_NONEMPTY,
+    };
+    return lc_dispatch_group(&g, argc, argv);
 }

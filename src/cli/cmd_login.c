@@ -32,7 +32,7 @@ static int read_key_stdin(lc_conf *c) {
 int cmd_login(int argc, char **argv) {
     lc_args a;
     lt_err err = {0};
-    if (lc_args_parse(&a, login_opts, 1, argc, argv, &err)) {
+    if (lc_args_parse(&a, login_opts, LC_CONN | LC_NONEMPTY, argc, argv, &err)) {
         fprintf(stderr, "lathe login: %s\n(see lathe login --help)\n", err.msg);
         lc_args_free(&a);
         return EXIT_USAGE;

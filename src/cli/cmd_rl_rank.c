@@ -7,7 +7,10 @@
  *                          checks an MPI setup the way a job uses it: launches N ranks (default 3) through
  *                          dist_run's launcher, bcasts a float buffer, sends from every rank to rank 0,
  * relays events and a checkpoint to this process, and stops the ranks through the stop file. Prints one JSON
- * line per relayed event/checkpoint and a final {"result": ...}. Exit 0 when everything arrived intact. */
+ * line per relayed event/checkpoint and a final {"result": ...}. Exit 0 when everything arrived intact.
+ *
+ * Options are parsed by rank_opts (client.h's lc_args: unknown options, missing, empty or malformed values
+ * are a usage error, exit 2, and so is a check option without --check); usage() is the --help text. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +18,7 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
+#include "cli/client.h"
 #include "train/dist.h"
 #include "util/util.h"
 
@@ -90,55 +94,54 @@ static int check_stop(void *ud) {
     return ((check_ud *)ud)->waiting;
 }
 
-static int run_check(int argc, char **argv) {
+static const lc_opt rank_opts[] = {
+    {"check", LC_FLAG, NULL, "test the MPI setup: N ranks exchange data and relay events"},
+    {"ranks", LC_INT, "N", "ranks of the check (default 3)"},
+    {"hostfile", LC_STR, "F", "an OpenMPI hostfile (same as LATHE_MPI_HOSTFILE)"},
+    {"dir", LC_STR, "D", "working directory (default: a new one under $TMPDIR)"},
+    {"chunk", LC_INT, "BYTES", "transport chunk size (default 1 GiB)"},
+    {"crash-rank", LC_INT, "R", "make rank R abort"},
+    {"refuse-event", LC_INT, "N", "refuse the Nth event"},
+    {"refuse-checkpoint", LC_FLAG, NULL, "refuse the checkpoint"},
+    {"ignore-stop", LC_FLAG, NULL, "rank 0 ignores the stop request"},
+    {NULL, 0, NULL, NULL},
+};
+
+/* The value of an LC_INT option (already checked to be an integer) in [lo, hi]; -1 with a message if not. */
+static int int_opt(const lc_args *a, const char *name, long long lo, long long hi, long long *out) {
+    const char *v = lc_arg(a, name);
+    if (!v) return 0;
+    long long x = strtoll(v, NULL, 10);
+    if (x < lo || x > hi) {
+        fprintf(stderr, "lathe rl-rank: --%s must be in %lld..%lld, got %s\n", name, lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* The --check options into the check's settings; -1 (message printed) on a bad value. */
+static int check_settings(const lc_args *a, int *ranks, check_ud *c, json_t *opts) {
+    long long r = 3, chunk = 0, crash = -1, refuse = 0;
+    if (int_opt(a, "ranks", 2, 4096, &r) || int_opt(a, "chunk", 1, (long long)1 << 40, &chunk) ||
+        int_opt(a, "crash-rank", 0, 4095, &crash) || int_opt(a, "refuse-event", 1, 1 << 30, &refuse))
+        return -1;
+    *ranks = (int)r;
+    c->refuse_event = (int)refuse;
+    c->refuse_checkpoint = lc_flag(a, "refuse-checkpoint");
+    if (lc_arg(a, "hostfile")) setenv("LATHE_MPI_HOSTFILE", lc_arg(a, "hostfile"), 1);
+    if (lc_arg(a, "chunk")) json_object_set_new(opts, "chunk", json_integer(chunk));
+    if (lc_arg(a, "crash-rank")) json_object_set_new(opts, "crash_rank", json_integer(crash));
+    if (lc_flag(a, "ignore-stop")) json_object_set_new(opts, "ignore_stop", json_true());
+    return 0;
+}
+
+static int run_check(const lc_args *a) {
     int ranks = 3;
-    const char *dir = NULL;
+    const char *dir = lc_arg(a, "dir");
     check_ud c = {0};
     json_t *opts = json_object();
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--check")) continue;
-        if (!strcmp(a, "--refuse-checkpoint")) {
-            c.refuse_checkpoint = 1;
-            continue;
-        }
-        if (!strcmp(a, "--ignore-stop")) {
-            json_object_set_new(opts, "ignore_stop", json_true());
-            continue;
-        }
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            json_decref(opts);
-            return EXIT_OK;
-        }
-        if (!v) {
-            fprintf(stderr, "lathe rl-rank: %s needs a value\n", a);
-            json_decref(opts);
-            return EXIT_USAGE;
-        }
-        i++;
-        if (!strcmp(a, "--ranks"))
-            ranks = atoi(v);
-        else if (!strcmp(a, "--hostfile"))
-            setenv("LATHE_MPI_HOSTFILE", v, 1);
-        else if (!strcmp(a, "--dir"))
-            dir = v;
-        else if (!strcmp(a, "--chunk"))
-            json_object_set_new(opts, "chunk", json_integer(atoll(v)));
-        else if (!strcmp(a, "--refuse-event"))
-            c.refuse_event = atoi(v);
-        else if (!strcmp(a, "--crash-rank"))
-            json_object_set_new(opts, "crash_rank", json_integer(atoi(v)));
-        else {
-            fprintf(stderr, "lathe rl-rank: unknown option %s\n", a);
-            usage(stderr);
-            json_decref(opts);
-            return EXIT_USAGE;
-        }
-    }
-    if (ranks < 2) {
-        fprintf(stderr, "lathe rl-rank: --ranks must be at least 2 (a learner and a rollout worker)\n");
+    if (check_settings(a, &ranks, &c, opts)) {
         json_decref(opts);
         return EXIT_USAGE;
     }
@@ -187,15 +190,34 @@ int cmd_rl_rank(int argc, char **argv) {
         usage(stderr);
         return EXIT_USAGE;
     }
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--check")) return run_check(argc, argv);
-    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    lc_args a;
+    lt_err err = {0};
+    int rc = EXIT_USAGE;
+    if (lc_args_parse(&a, rank_opts, LC_NO_JSON | LC_NONEMPTY, argc, argv, &err)) {
+        fprintf(stderr, "lathe rl-rank: %s\n(see lathe rl-rank --help)\n", err.msg);
+    } else if (lc_flag(&a, "help")) {
         usage(stdout);
-        return EXIT_OK;
+        rc = EXIT_OK;
+    } else if (lc_flag(&a, "check")) {
+        if (a.npos)
+            fprintf(stderr,
+                    "lathe rl-rank --check: unexpected argument '%s' (the check takes only options)\n",
+                    a.pos[0]);
+        else
+            rc = run_check(&a);
+    } else {
+        const char *given = NULL;
+        for (const lc_opt *o = rank_opts + 1; o->name && !given; o++)
+            if (lc_arg(&a, o->name)) given = o->name;
+        if (given)
+            fprintf(stderr, "lathe rl-rank: --%s goes with --check (lathe rl-rank --check --%s ...)\n", given,
+                    given);
+        else if (a.npos != 1)
+            usage(stderr);
+        else
+            rc = -1;
     }
-    if (argv[1][0] == '-' || argc != 2) {
-        usage(stderr);
-        return EXIT_USAGE;
-    }
-    return dist_rank_entry(argv[1], &argc, &argv);
+    const char *dir = rc == -1 ? a.pos[0] : NULL; /* borrowed from argv */
+    lc_args_free(&a);
+    return dir ? dist_rank_entry(dir, &argc, &argv) : rc;
 }

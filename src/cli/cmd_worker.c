@@ -4,7 +4,11 @@
  * Settings follow `lathe serve`: flag > environment > default, with the same environment names. SIGINT and
  * SIGTERM stop the loops cleanly: a running job is stopped after its current step, checkpointed and put back
  * in the queue, to resume on the next claim. SIGXFSZ is ignored so that a file-size limit shows up as a
- * failed write (the job fails with a message saying what to free) instead of killing the process. */
+ * failed write (the job fails with a message saying what to free) instead of killing the process.
+ *
+ * Options are parsed by the table below (client.h's lc_args: unknown options, missing or empty values are a
+ * usage error, exit 2); usage() is the --help text, kept by hand for its environment column and checked
+ * against the table by tests/py/test_admin_cli.py (every flag it names is accepted). */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -15,6 +19,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/client.h"
 #include "store/db.h"
 #include "util/log.h"
 #include "util/util.h"
@@ -80,49 +85,64 @@ static void *loop_main(void *p) {
     return NULL;
 }
 
-static const char *env_or(const char *name, const char *dflt) {
-    const char *e = getenv(name);
+static const lc_opt worker_flags[] = {
+    {"data-dir", LC_STR, "DIR", "data dir shared with the server (LATHE_DATA_DIR; ./lathe-data)"},
+    {"db", LC_STR, "URL", "store URL (LATHE_DB; sqlite:<data dir>/lathe.db)"},
+    {"models-dir", LC_STR, "DIR", "base models (LATHE_MODELS_DIR; <data dir>/models)"},
+    {"threads", LC_INT, "N", "engine threads per job (LATHE_TRAIN_THREADS)"},
+    {"workers", LC_INT, "N", "worker loops in this process (LATHE_WORKERS; 1)"},
+    {"lease-s", LC_INT, "S", "job lease in seconds (LATHE_LEASE_S; 60)"},
+    {"once", LC_FLAG, NULL, "run at most one job, exit when the queue is empty"},
+    {NULL, 0, NULL, NULL},
+};
+
+static const char *flag_or_env(const lc_args *a, const char *flag, const char *env, const char *dflt) {
+    const char *v = lc_arg(a, flag);
+    if (v) return v;
+    const char *e = getenv(env);
     return e && *e ? e : dflt;
 }
 
-int cmd_worker(int argc, char **argv) {
-    const char *data_dir = env_or("LATHE_DATA_DIR", "./lathe-data"), *db_url = env_or("LATHE_DB", NULL);
-    const char *models_dir = env_or("LATHE_MODELS_DIR", NULL);
-    const char *threads_s = env_or("LATHE_TRAIN_THREADS", NULL), *workers_s = env_or("LATHE_WORKERS", NULL);
-    const char *lease_s = env_or("LATHE_LEASE_S", NULL);
-    int once = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return EXIT_OK;
-        }
-        if (!strcmp(a, "--once")) {
-            once = 1;
-            continue;
-        }
-        const char **dst = !strcmp(a, "--data-dir")     ? &data_dir
-                           : !strcmp(a, "--db")         ? &db_url
-                           : !strcmp(a, "--models-dir") ? &models_dir
-                           : !strcmp(a, "--threads")    ? &threads_s
-                           : !strcmp(a, "--workers")    ? &workers_s
-                           : !strcmp(a, "--lease-s")    ? &lease_s
-                                                        : NULL;
-        if (!dst) {
-            fprintf(stderr, "lathe worker: unknown flag '%s'\n\n", a);
-            usage(stderr);
-            return EXIT_USAGE;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "lathe worker: %s needs a value\n", a);
-            return EXIT_USAGE;
-        }
-        *dst = argv[++i];
+/* Parses the flags; EXIT_OK to go on, -1 when --help was printed, else the usage exit code. */
+static int parse_args(lc_args *a, int argc, char **argv) {
+    lt_err err = {0};
+    if (lc_args_parse(a, worker_flags, LC_NO_JSON | LC_NONEMPTY, argc, argv, &err)) {
+        fprintf(stderr, "lathe worker: %s\n(see lathe worker --help)\n", err.msg);
+        return EXIT_USAGE;
     }
+    if (lc_flag(a, "help")) {
+        usage(stdout);
+        return -1;
+    }
+    if (a->npos) {
+        fprintf(stderr, "lathe worker: unexpected argument '%s' (lathe worker takes only options)\n\n",
+                a->pos[0]);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+int cmd_worker(int argc, char **argv) {
+    lc_args flags;
+    int prc = parse_args(&flags, argc, argv);
+    if (prc != EXIT_OK) {
+        lc_args_free(&flags);
+        return prc < 0 ? EXIT_OK : prc;
+    }
+    const char *data_dir = flag_or_env(&flags, "data-dir", "LATHE_DATA_DIR", "./lathe-data");
+    const char *db_url = flag_or_env(&flags, "db", "LATHE_DB", NULL);
+    const char *models_dir = flag_or_env(&flags, "models-dir", "LATHE_MODELS_DIR", NULL);
+    const char *threads_s = flag_or_env(&flags, "threads", "LATHE_TRAIN_THREADS", NULL);
+    const char *workers_s = flag_or_env(&flags, "workers", "LATHE_WORKERS", NULL);
+    const char *lease_s = flag_or_env(&flags, "lease-s", "LATHE_LEASE_S", NULL);
+    int once = lc_flag(&flags, "once");
     long threads = 0, workers = 1, lease = 60;
-    if ((threads_s && parse_pos(threads_s, 1024, &threads)) ||
-        (workers_s && parse_pos(workers_s, 256, &workers)) ||
-        (lease_s && parse_pos(lease_s, 86400, &lease))) {
+    int bad = (threads_s && parse_pos(threads_s, 1024, &threads)) ||
+              (workers_s && parse_pos(workers_s, 256, &workers)) ||
+              (lease_s && parse_pos(lease_s, 86400, &lease));
+    lc_args_free(&flags); /* the strings above live in argv or the environment */
+    if (bad) {
         fprintf(stderr, "lathe worker: --threads, --workers and --lease-s take a positive integer\n");
         return EXIT_USAGE;
     }

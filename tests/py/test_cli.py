@@ -152,11 +152,30 @@ def test_every_verb_has_help():
     (["train", "rl", "--model", "m", "--capability", "c@1.0.0", "--algorithm", "ppo", "--reward-recipe", "x",
       "--reward-params", "[1]"], "--reward-params must be a JSON object"),
     (["train", "list", "--server", "ftp://x"], "must start with http://"),
+    # an empty connection option is an error, never the default (`train get --org= JOB` used the default org)
+    (["train", "get", "--org=", "job-1"], "--org is empty"),
+    (["train", "get", "--workspace", "", "job-1"], "--workspace is empty"),
+    (["dataset", "list", "--project="], "--project is empty"),
+    (["login", "--org="], "--org is empty"),
+    # misplaced arguments: a verb option before the verb, an extra argument
+    (["train", "--status", "queued", "list"], "'--status' comes before the verb"),
+    (["train", "list", "extra"], "unexpected argument 'extra'"),
+    (["train", "list", "get"], "unexpected argument 'get' (that is another verb"),
+    (["train", "--server"], "--server needs a value"),
 ])
 def test_usage_errors_exit_2(args, needle):
     cp = lathe(*args, env={"LATHE_SERVER": "http://127.0.0.1:9"})
     assert cp.returncode == 2, (cp.returncode, cp.stdout, cp.stderr)
     assert needle in cp.stderr, cp.stderr
+
+
+def test_connection_options_before_the_verb(srv):
+    """--server, --api-key, --org, --json... may come before the verb as well as after it: same output."""
+    after = lathe("train", "list", "--json", "--server", srv.url, "--org", "default", srv=srv)
+    before = lathe("train", "--server", srv.url, "--org=default", "--json", "list", srv=srv)
+    assert before.returncode == 0 and before.stdout == after.stdout, before.stderr
+    h = lathe("train", "help", "get")
+    assert h.returncode == 0 and h.stdout == lathe("train", "get", "--help").stdout
 
 
 def test_local_trainer_is_not_a_server_call():
