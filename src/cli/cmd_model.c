@@ -16,6 +16,7 @@
 
 #include "cli/cli.h"
 #include "engine/config.h"
+#include "engine/gguf_model.h"
 #include "engine/safetensors.h"
 #include "engine/tiny.h"
 #include "util/strbuf.h"
@@ -64,11 +65,14 @@ static void usage_init_tiny(FILE *f) {
 }
 
 static void usage_info(FILE *f) {
-    fputs("usage: lathe model info DIR [--json]\n\n"
+    fputs("usage: lathe model info DIR|FILE.gguf [--json]\n\n"
           "Reads DIR/config.json, the weights (model.safetensors or model.safetensors.index.json) and\n"
           "DIR/tokenizer.json, checks every tensor the config implies, and prints architecture, sizes,\n"
           "parameter count, weight dtype, tokenizer vocabulary and context length. Exit 1 if anything is\n"
-          "missing or malformed (the message names the file and key or tensor).\n",
+          "missing or malformed (the message names the file and key or tensor).\n"
+          "A .gguf file is read the same way (metadata, every tensor checked) and also shows its\n"
+          "quantization (file type, tensors per stored type), tokenizer, and the bytes stored and resident\n"
+          "once loaded (weights are widened to f32 at load).\n",
           f);
 }
 
@@ -319,6 +323,8 @@ static const char *rope_name(eng_rope_type t) {
     return t == ENG_ROPE_LLAMA3 ? "llama3" : "default";
 }
 
+int cmd_model_info_gguf(const char *path, int as_json); /* cmd_model_info_gguf.c */
+
 static int cmd_info(int argc, char **argv) {
     const char *dir = NULL;
     int as_json = 0;
@@ -338,6 +344,7 @@ static int cmd_info(int argc, char **argv) {
         usage_info(stderr);
         return EXIT_USAGE;
     }
+    if (eng_path_is_gguf(dir)) return cmd_model_info_gguf(dir, as_json);
     lt_err err;
     lt_err_clear(&err);
     eng_config c;

@@ -7,7 +7,10 @@
  * symlinked into the directory shows up in the next catalog request and a job submitted right after, with no
  * restart and no stale state. A directory is a model when it holds config.json (of an architecture
  * eng_config_load accepts), tokenizer.json and safetensors weights; a model directory is not searched
- * further. */
+ * further. A regular file NAME.gguf (symlinks followed) is the model NAME: its metadata must be a config
+ * eng_gguf_config accepts (every tensor checked) and it must carry a tokenizer (tokenizer.ggml.model); its
+ * catalog item also names the quantization (llama.cpp's file type, e.g. "Q4_1"). A directory NAME with a
+ * config.json wins over NAME.gguf beside it. */
 #include "store/jobs_models.h"
 
 #include <dirent.h>
@@ -18,6 +21,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "engine/gguf.h"
+#include "engine/gguf_model.h"
 #include "util/util.h"
 
 static int is_file(const char *dir, const char *name) {
@@ -55,6 +60,7 @@ typedef struct {
     off_t size;
     struct timespec mtime;
     eng_config cfg;
+    char quant[64]; /* catalog "quantization" */
 } config_slot;
 
 static pthread_mutex_t config_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -67,18 +73,44 @@ static int same_file(const config_slot *e, const char *dir, const struct stat *s
            e->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
-static int config_load_cached(const char *dir, const struct stat *st, eng_config *cfg, lt_err *err) {
+/* A GGUF file's config and quantization name (the file type, else its stored types); a file without a
+ * tokenizer is refused (a job needs one). */
+static int gguf_load(const char *path, eng_config *cfg, char *quant, size_t cap, lt_err *err) {
+    gguf_file *f = gguf_open(path, err);
+    if (!f) return -1;
+    int rc = eng_gguf_config(f, cfg, err);
+    if (rc == 0 && !gguf_find_kv(f, "tokenizer.ggml.model"))
+        rc =
+            lt_err_set(err, 400, "%s: no tokenizer (metadata key \"tokenizer.ggml.model\" is missing)", path);
+    if (rc == 0) {
+        eng_gguf_summary s;
+        eng_gguf_summarize(f, &s);
+        snprintf(quant, cap, "%s", s.file_type >= 0 ? s.file_type_name : s.types);
+    }
+    gguf_close(f);
+    return rc;
+}
+
+/* dir: a model dir (config.json, whose stat is st) or a .gguf file (st its own). */
+static int config_load_cached(const char *dir, const struct stat *st, eng_config *cfg, char *quant,
+                              lt_err *err) {
     int hit = 0;
     pthread_mutex_lock(&config_mu);
     for (int i = 0; i < CONFIG_CACHE_SLOTS && !hit; i++) {
         if (same_file(&config_cache[i], dir, st)) {
             *cfg = config_cache[i].cfg;
+            snprintf(quant, sizeof config_cache[i].quant, "%s", config_cache[i].quant);
             hit = 1;
         }
     }
     pthread_mutex_unlock(&config_mu);
     if (hit) return 0;
-    if (eng_config_load(dir, cfg, err) != 0) return -1;
+    if (eng_path_is_gguf(dir)) {
+        if (gguf_load(dir, cfg, quant, sizeof config_cache[0].quant, err) != 0) return -1;
+    } else {
+        if (eng_config_load(dir, cfg, err) != 0) return -1;
+        snprintf(quant, sizeof config_cache[0].quant, "%s", cfg->torch_dtype);
+    }
     if (strlen(dir) < sizeof config_cache[0].dir) {
         pthread_mutex_lock(&config_mu);
         config_slot *e = &config_cache[config_next++ % CONFIG_CACHE_SLOTS];
@@ -88,12 +120,23 @@ static int config_load_cached(const char *dir, const struct stat *st, eng_config
         e->size = st->st_size;
         e->mtime = st->st_mtim;
         e->cfg = *cfg;
+        snprintf(e->quant, sizeof e->quant, "%s", quant);
         pthread_mutex_unlock(&config_mu);
     }
     return 0;
 }
 
-static int check_model(const char *dir, const char *id, eng_config *cfg, lt_err *err) {
+/* quant: at least 64 bytes. */
+static int check_gguf(const char *path, const char *id, eng_config *cfg, char *quant, lt_err *err) {
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return lt_err_set(err, 404, "model '%s' not found", id);
+    lt_err cerr;
+    if (config_load_cached(path, &st, cfg, quant, &cerr) != 0)
+        return lt_err_set(err, 404, "model '%s' cannot be loaded: %s", id, cerr.msg);
+    return 0;
+}
+
+static int check_model(const char *dir, const char *id, eng_config *cfg, char *quant, lt_err *err) {
     char *cp = lt_path_join(dir, "config.json");
     struct stat st;
     int has_config = stat(cp, &st) == 0 && S_ISREG(st.st_mode);
@@ -104,7 +147,7 @@ static int check_model(const char *dir, const char *id, eng_config *cfg, lt_err 
     if (!has_weights(dir))
         return lt_err_set(err, 404, "model '%s' has no safetensors weights: it cannot be trained", id);
     lt_err cerr;
-    if (config_load_cached(dir, &st, cfg, &cerr) != 0)
+    if (config_load_cached(dir, &st, cfg, quant, &cerr) != 0)
         return lt_err_set(err, 404, "model '%s' cannot be loaded: %s", id, cerr.msg);
     return 0;
 }
@@ -144,7 +187,24 @@ int jobs_models_find(const char *models_dir, const char *id, char **dir, eng_con
     if (!ok) return lt_err_set(err, 404, "model '%.200s' not found", id ? id : "");
     char *path = lt_path_join(models_dir, id);
     eng_config c;
-    if (check_model(path, id, cfg ? cfg : &c, err) != 0) {
+    char quant[64];
+    struct stat st;
+    if (!(stat(path, &st) == 0 && S_ISDIR(st.st_mode))) {
+        /* NAME.gguf is the model NAME (the file name itself is accepted too) */
+        size_t pl = strlen(path);
+        char *gp = malloc(pl + 6);
+        if (!gp) abort();
+        snprintf(gp, pl + 6, "%s%s", path, eng_path_is_gguf(path) ? "" : ".gguf");
+        if (stat(gp, &st) == 0 && S_ISREG(st.st_mode)) {
+            free(path);
+            path = gp;
+        } else {
+            free(gp);
+        }
+    }
+    int rc = eng_path_is_gguf(path) ? check_gguf(path, id, cfg ? cfg : &c, quant, err)
+                                    : check_model(path, id, cfg ? cfg : &c, quant, err);
+    if (rc != 0) {
         free(path);
         return -1;
     }
@@ -179,13 +239,35 @@ static int seen_before(visited *v, const struct stat *st) {
     return 0;
 }
 
+static json_t *item_with_quant(const char *id, const eng_config *cfg, const char *quant) {
+    json_t *item = jobs_models_item(id, cfg);
+    json_object_set_new(item, "quantization", quant[0] ? json_string(quant) : json_null());
+    return item;
+}
+
+/* rel names a NAME.gguf file below root: listed as NAME unless a model directory NAME is beside it. */
+static void scan_gguf(const char *root, const char *rel, json_t *out) {
+    size_t n = strlen(rel);
+    char *id = lt_strdup(rel);
+    id[n - 5] = 0;
+    char *dir = lt_path_join(root, id), *file = lt_path_join(root, rel);
+    eng_config cfg;
+    char quant[64];
+    lt_err err;
+    if (!is_file(dir, "config.json") && check_gguf(file, id, &cfg, quant, &err) == 0)
+        json_array_append_new(out, item_with_quant(id, &cfg, quant));
+    free(id), free(dir), free(file);
+}
+
 static void scan(const char *root, const char *rel, int depth, visited *v, json_t *out) {
     char *dir = rel[0] ? lt_path_join(root, rel) : lt_strdup(root);
     eng_config cfg;
+    char quant[64];
     lt_err err;
     struct stat st;
     if (rel[0] && is_file(dir, "config.json")) {
-        if (check_model(dir, rel, &cfg, &err) == 0) json_array_append_new(out, jobs_models_item(rel, &cfg));
+        if (check_model(dir, rel, &cfg, quant, &err) == 0)
+            json_array_append_new(out, item_with_quant(rel, &cfg, quant));
         free(dir);
         return;
     }
@@ -195,11 +277,16 @@ static void scan(const char *root, const char *rel, int depth, visited *v, json_
     while (d && (e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
         char *child = lt_path_join(dir, e->d_name);
-        int is_dir = stat(child, &st) == 0 && S_ISDIR(st.st_mode); /* symlinks followed */
+        int ok = stat(child, &st) == 0; /* symlinks followed */
+        int is_dir = ok && S_ISDIR(st.st_mode),
+            is_gguf = ok && S_ISREG(st.st_mode) && eng_path_is_gguf(child);
         free(child);
-        if (!is_dir) continue;
+        if (!is_dir && !is_gguf) continue;
         char *crel = rel[0] ? lt_path_join(rel, e->d_name) : lt_strdup(e->d_name);
-        scan(root, crel, depth + 1, v, out);
+        if (is_dir)
+            scan(root, crel, depth + 1, v, out);
+        else if (strlen(e->d_name) > 5)
+            scan_gguf(root, crel, out);
         free(crel);
     }
     if (d) closedir(d);

@@ -65,7 +65,8 @@ int wk_model_acquire(const char *models_dir, const char *id, wk_model **out, int
     g_models = m;
     g_loads++;
     pthread_mutex_unlock(&g_mu);
-    lt_log(LOG_INFO, "base model %s loaded from %s in %.2f s", id, dir, lt_mono_s() - t0);
+    lt_log(LOG_INFO, "base model %s loaded from %s in %.2f s%s%s", id, dir, lt_mono_s() - t0,
+           eng->m->load_note[0] ? "; " : "", eng->m->load_note);
     *out = m;
     if (shared) *shared = 0;
     return 0;
