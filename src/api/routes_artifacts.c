@@ -1,12 +1,21 @@
 /* routes_artifacts.c: the artifact registry routes of SPEC §3.1, the same six for each kind (datasets,
  * capabilities, tasks): push, list, show, one version, download, delete.
  *
- * A push is checked completely before anything is stored: the body (spooled to a file by the server) is
- * unpacked with the defensive reader of util/archive.h, the manifest is located and validated
- * (util/manifest.h), and for datasets every row of every split is parsed and given a shape (train/rows.h), so
- * an accepted dataset is one a job can use. Only then is the archive copied into the blob store and the
- * version recorded. Errors answer 400 (not an archive, unsafe entry), 413 (over a size limit) or 422 with
- * loc ["archive", FILE, LINE] naming the manifest key or the row to fix.
+ * A push is checked completely before anything is stored, in bounded memory whatever the archive holds: the
+ * body (spooled to a file by the server) is scanned with the defensive reader of util/archive.h, which checks
+ * every header against the upload limits and keeps only the manifest (and a capability's prompts) in memory;
+ * the manifest is located and validated (util/manifest.h); an existing name@version is a 409 right there,
+ * before any row is read; then, for datasets, a second pass streams each data file through the row parser
+ * (train/rows.h: one row in memory at a time), so an accepted dataset is one a job can use. Only then is the
+ * archive copied into the blob store and the version recorded. Errors answer 400 (not an archive, unsafe
+ * entry), 413 (over a limit: the message names it), or 422 with loc ["archive", FILE, LINE] naming the
+ * manifest key or the row to fix.
+ *
+ * Upload limits (LATHE_UPLOAD_*, also `lathe serve --upload-*` flags; read once at start, see
+ * upload_limits_load): entries, bytes per file, unpacked bytes, expansion ratio, bytes per row, CSV columns,
+ * and the upload pool: at most LATHE_UPLOAD_CONCURRENCY archives are checked at once; a push beyond that is
+ * answered 503 with Retry-After at once rather than holding one of the server's request threads, so uploads
+ * can never starve /healthz or the API.
  *
  * Blobs and version rows change together under the store's write lock: the push records the version inside
  * a write transaction and re-stores the blob there if a concurrent delete removed it; the delete removes a
@@ -132,7 +141,7 @@ static atomic_int g_active; /* pushes being checked now */
 #define MANIFESTS_MAX_BYTES ((size_t)16 << 20) /* all of them together */
 #define RATIO_FLOOR ((size_t)64 << 20)         /* the ratio rule starts past 64 MiB unpacked */
 
-/* "123", "64K", "2M", "4G" (KiB/MiB/GiB). 0 or -1. */
+/* "123", "64K", "2M", "4G", "4GiB" (powers of 1024), as `lathe serve` reads sizes. 0 or -1. */
 static int parse_size(const char *s, size_t *out) {
     char *end = NULL;
     errno = 0;
@@ -142,7 +151,11 @@ static int parse_size(const char *s, size_t *out) {
     if (*end == 'k' || *end == 'K') mul = 1ULL << 10;
     if (*end == 'm' || *end == 'M') mul = 1ULL << 20;
     if (*end == 'g' || *end == 'G') mul = 1ULL << 30;
-    if (mul > 1) end++;
+    if (mul > 1) {
+        end++;
+        if (*end == 'i' || *end == 'I') end++;
+        if (*end == 'b' || *end == 'B') end++;
+    }
     if (*end || v == 0 || v > (1ULL << 42) / mul) return -1;
     *out = (size_t)(v * mul);
     return 0;

@@ -62,6 +62,19 @@ static serve_opt OPTS[] = {
     {"--threads", "LATHE_HTTP_THREADS", OPT_INT, "8", "HTTP worker threads", NULL},
     {"--train-threads", "LATHE_TRAIN_THREADS", OPT_INT, "cores / workers", "engine threads per training job",
      NULL},
+    /* upload limits: read by the artifact routes from the environment (routes_artifacts.c) */
+    {"--upload-max-entries", "LATHE_UPLOAD_MAX_ENTRIES", OPT_SIZE, "10000",
+     "entries in one archive (more: 413)", NULL},
+    {"--upload-max-file", "LATHE_UPLOAD_MAX_FILE", OPT_SIZE, "2G", "one unpacked file (more: 413)", NULL},
+    {"--upload-max-unpacked", "LATHE_UPLOAD_MAX_UNPACKED", OPT_SIZE, "4G", "one archive unpacked (more: 413)",
+     NULL},
+    {"--upload-max-ratio", "LATHE_UPLOAD_MAX_RATIO", OPT_SIZE, "200",
+     "unpacked / archive size past 64 MiB (more: 413)", NULL},
+    {"--upload-max-row", "LATHE_UPLOAD_MAX_ROW", OPT_SIZE, "2M",
+     "one data row / line / CSV record (more: 413)", NULL},
+    {"--upload-max-columns", "LATHE_UPLOAD_MAX_COLUMNS", OPT_SIZE, "10000", "CSV columns (more: 422)", NULL},
+    {"--upload-concurrency", "LATHE_UPLOAD_CONCURRENCY", OPT_SIZE, "2",
+     "archives checked at once (more: 503 + Retry-After)", NULL},
 };
 #define NOPTS ((int)(sizeof OPTS / sizeof OPTS[0]))
 
@@ -245,7 +258,11 @@ int cmd_serve(int argc, char **argv) {
         long v = 0;
         lt_err err = {0};
         int bad = 0;
-        if (!strcmp(o->flag, "--data-dir"))
+        if (!strncmp(o->flag, "--upload-", 9)) {
+            size_t sz = 0;
+            bad = parse_size(src, &sz);
+            if (!bad) setenv(o->env, src, 1); /* the artifact routes read it at start */
+        } else if (!strcmp(o->flag, "--data-dir"))
             cfg.data_dir = src;
         else if (!strcmp(o->flag, "--db"))
             cfg.db_url = src;

@@ -597,8 +597,9 @@ static int stream_failed(pctx *c, const rbuf *b, int rc) {
 int rows_parse(const char *data, size_t n, rows_format fmt, const char *split, const char *file, rows_fn fn,
                void *ud, rows_loc *loc, lt_err *err) {
     assert(fn);
-    /* the bytes are in memory already: only the column limit applies */
-    rows_limits lim = {(size_t)-1, ROWS_DEFAULT_MAX_COLUMNS};
+    /* the bytes are in memory already (an accepted dataset, read by a worker): no limits, so a dataset the
+     * server took under raised upload limits is always readable */
+    rows_limits lim = {(size_t)-1, (size_t)-1};
     pctx c = {split, file ? file : "", fn, ud, loc, err, lim};
     rbuf *b = calloc(1, sizeof *b);
     if (!b) abort();

@@ -88,8 +88,8 @@ int rows_check_file(const char *data, size_t n, rows_format fmt, const char *spl
  * The same readers over a stream of bytes: memory use is one buffered window plus one row (a JSONL line, a
  * JSON array element, a CSV record), never the whole file. A row over max_row_bytes stops the read with 413
  * "file F line N: the line is longer than the limit of B bytes" (row / CSV record for the other formats);
- * a CSV record with more than max_columns fields is a 422 naming the limit. rows_parse (memory) applies the
- * column limit only. Header width costs linear time (duplicate names are found with a hash set). */
+ * a CSV record with more than max_columns fields is a 422 naming the limit. rows_parse (memory) applies no
+ * limit. Header width costs linear time (duplicate names are found with a hash set). */
 
 #define ROWS_DEFAULT_MAX_ROW_BYTES ((size_t)2 << 20) /* 2 MiB */
 #define ROWS_DEFAULT_MAX_COLUMNS ((size_t)10000)

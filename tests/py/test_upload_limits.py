@@ -434,3 +434,46 @@ def test_kill_mid_push_then_restart_sweeps(tmp_path):
         assert s2.get("/healthz").status_code == 200
     finally:
         assert s2.stop() == 0
+
+
+# ---- the limits are settings of lathe serve ----
+
+
+def test_limits_from_flags_and_env(tmp_path):
+    s = LatheServer(
+        tmp_path / "data",
+        env={"LATHE_UPLOAD_MAX_COLUMNS": "3"},
+        args=["--workers", "0", "--upload-max-entries", "5", "--upload-max-row", "1K"],
+    )
+    try:
+        p = tmp_path / "a.tgz"
+        files = {"dataset.yaml": "name: a\nversion: 1.0.0\n", "train.jsonl": json.dumps(CHAT) + "\n"}
+        files.update({"f%d.txt" % i: "x" for i in range(4)})
+        small_tar_gz(p, files)
+        assert "more than 5 entries" in assert_envelope(push_file(s, p), 413)["detail"]
+        small_tar_gz(p, {"dataset.yaml": "name: a\nversion: 1.0.0\n", "train.csv": "a,b,c,prompt\n,,,hi\n"})
+        assert "over the limit of 3 columns" in assert_envelope(push_file(s, p), 422)["detail"]
+        long = json.dumps({"prompt": "x" * 2000}) + "\n"
+        small_tar_gz(p, {"dataset.yaml": "name: a\nversion: 1.0.0\n", "train.jsonl": json.dumps(CHAT) + "\n" + long})
+        detail = assert_envelope(push_file(s, p), 413)["detail"]
+        assert "train.jsonl line 2: the line is longer than the limit of 1024 bytes" in detail, detail
+        small_tar_gz(p, {"dataset.yaml": "name: a\nversion: 1.0.0\n" + "#" * (2 << 20), "train.jsonl": "{}\n"})
+        detail = assert_envelope(push_file(s, p), 413)["detail"]
+        assert "dataset.yaml is 2097175 bytes, over the limit of 1048576 bytes" in detail, detail
+    finally:
+        assert s.stop() == 0
+
+
+def test_bad_limit_flag_is_refused(tmp_path):
+    import subprocess
+
+    from conftest import LATHE_BIN
+
+    cp = subprocess.run(
+        [str(LATHE_BIN), "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", "--upload-max-row", "lots"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert cp.returncode != 0
+    assert "--upload-max-row" in cp.stderr and "LATHE_UPLOAD_MAX_ROW" in cp.stderr, cp.stderr
