@@ -27,11 +27,12 @@ int cmd_train_local(int argc, char **argv);
 
 static void usage(FILE *f) {
     fputs(
-        "usage: lathe train sft --model DIR --data FILE --out DIR [--eval FILE] [--steps N] [--epochs N]\n"
-        "                       [--batch-size N] [--grad-accum N] [--lr X] [--lora-rank R] [--lora-alpha A]\n"
-        "                       [--max-seq-len N] [--checkpoint-interval N] [--seed N] [--threads N]\n\n"
-        "Fine-tunes a LoRA adapter on DIR (a Hugging Face model dir) with the rows of FILE (.jsonl, .json "
-        "or\n"
+        "usage: lathe train sft --model DIR|FILE.gguf --data FILE --out DIR [--eval FILE] [--steps N]\n"
+        "                       [--epochs N] [--batch-size N] [--grad-accum N] [--lr X] [--lora-rank R]\n"
+        "                       [--lora-alpha A] [--max-seq-len N] [--checkpoint-interval N] [--seed N]\n"
+        "                       [--threads N]\n\n"
+        "Fine-tunes a LoRA adapter on DIR (a Hugging Face model dir, or a .gguf file) with the rows of FILE\n"
+        "(.jsonl, .json or "
         ".csv; chat, tool-calling, prompt/answer or trajectory rows), locally. Loss: cross-entropy on "
         "assistant\n"
         "tokens, each example's weights normalised to sum to 1. Defaults: --batch-size 16 --grad-accum 1\n"
@@ -259,6 +260,7 @@ int cmd_train_local(int argc, char **argv) {
     eng_tokenizer *tok = eng_tok_load(o.model, &err);
     eng_engine *base = tok ? eng_open(o.model, NULL, o.model, &err) : NULL;
     if (!base) goto fail;
+    if (base->m->load_note[0]) printf("%s\n", base->m->load_note);
     if (load_rows(o.data, &train, &err) || (o.eval && load_rows(o.eval, &ev, &err))) goto fail;
     eff = json_pack("{s:I, s:I, s:f, s:I, s:f, s:I, s:I, s:I}", "batch_size", (json_int_t)o.bs,
                     "gradient_accumulation_steps", (json_int_t)o.ga, "learning_rate", o.lr, "lora_rank",

@@ -203,3 +203,34 @@ def test_tiny_gguf_matches_transformers_and_dir(arch, tmp_path):
         worst = max(worst, (lp - hf_logprobs(model, seq)).abs().max().item())
     print(f"\ntiny {arch} GGUF: max |lathe - transformers| log-prob = {worst:.3g}")
     assert worst < 1e-4
+
+
+def test_smollm2_info_and_local_sft(tmp_path):
+    path = smollm2_path()
+    if not path:
+        pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf is not installed (scripts/setup.sh fetches it)")
+    info = json.loads(lathe("model", "info", path, "--json").stdout)
+    assert info["format"] == "gguf" and info["gguf_version"] == 3
+    assert info["architecture"] == "LlamaForCausalLM" and info["family"] == "llama"
+    assert (info["num_layers"], info["hidden_size"], info["num_heads"], info["num_kv_heads"]) == (30, 576, 9, 3)
+    assert info["params"] == 134515008 and info["context_length"] == 8192 and info["vocab_size"] == 49152
+    assert info["quantization"] == "Q4_1" and info["file_type"] == 3
+    assert {k: v["tensors"] for k, v in info["tensor_types"].items()} == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+    assert info["tie_word_embeddings"] is True and info["rope"] == {"type": "default", "theta": 100000.0}
+    assert info["resident"]["dtype"] == "f32" and info["resident"]["bytes"] == 4 * info["params"]
+    assert info["weight_bytes"] < info["resident"]["bytes"] / 5
+    assert info["tokenizer"]["model"] == "gpt2" and info["tokenizer"]["pre"] == "smollm"
+    assert info["tokenizer"]["chat_template"] is True
+    text = lathe("model", "info", path).stdout
+    assert "Q4_1 x210" in text and "widened to f32" in text
+
+    # the local trainer takes the file as --model
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "Say the secret word.", "answer": "Pumpernickel."}) + "\n" for _ in range(2)))
+    out = tmp_path / "out"
+    p = lathe("train", "sft", "--model", path, "--data", str(data), "--out", str(out), "--steps", "2",
+              "--batch-size", "1", "--lr", "0.003", "--lora-rank", "2")
+    assert "GGUF Q4_1/Q8_0 weights widened to f32 at load" in p.stdout
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 2
