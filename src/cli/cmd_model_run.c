@@ -55,8 +55,8 @@ static void usage_sample(FILE *f) {
         "Generates completions of the prompt with the KV-cached sampler (all samples decoded together).\n"
         "Without --chat the prompt is encoded as is and generation stops at the tokenizer's end-of-text "
         "token;\n"
-        "with --chat it becomes one user message in the model's chat format (qwen3, llama3 or role_colon)\n"
-        "followed by the assistant header, and generation stops at that format's end-of-turn.\n"
+        "with --chat it becomes one user message in the model's chat format (qwen3, llama3, chatml or\n"
+        "role_colon) followed by the assistant header, and generation stops at that format's end-of-turn.\n"
         "Defaults: --max-tokens 64 --temperature 1 (0 = greedy) --top-p 1 --top-k 0 (off) --seed 0\n"
         "--num-samples 1. JSON: {\"prompt_tokens\":N,\"samples\":[{\"text\",\"tokens\",\"logprobs\",\n"
         "\"stop_reason\":\"stop\"|\"length\"}]}.\n",

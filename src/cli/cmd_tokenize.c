@@ -3,7 +3,7 @@
  *   lathe tokenize (DIR | --tokenizer FILE) --text STR [--no-special] [--json]
  *   lathe tokenize (DIR | --tokenizer FILE) --lines FILE [--no-special]
  *   lathe tokenize (DIR | --tokenizer FILE) --lines FILE --renderer R [--add-generation-prompt]
- *   lathe tokenize (DIR | --tokenizer FILE) --chat FILE.json --renderer qwen3|llama3|role_colon|auto
+ *   lathe tokenize (DIR | --tokenizer FILE) --chat FILE.json --renderer qwen3|llama3|chatml|role_colon|auto
  *                  [--add-generation-prompt] [--json]
  *   lathe detokenize (DIR | --tokenizer FILE) --ids 1,2,3 [--skip-special] [--json]
  *   lathe detokenize (DIR | --tokenizer FILE) --lines FILE [--skip-special]
@@ -36,8 +36,8 @@ static void usage_tokenize(FILE *f) {
         "       lathe tokenize (DIR | --tokenizer FILE) --lines FILE [--no-special]\n"
         "       lathe tokenize (DIR | --tokenizer FILE) --lines FILE --renderer R [--add-generation-prompt]\n"
         "       lathe tokenize (DIR | --tokenizer FILE) --chat FILE.json --renderer "
-        "qwen3|llama3|role_colon|auto [--add-generation-prompt] [--json]\n"
-        "  DIR is a model directory with tokenizer.json; FILE a tokenizer.json.\n"
+        "qwen3|llama3|chatml|role_colon|auto [--add-generation-prompt] [--json]\n"
+        "  DIR is a model directory with tokenizer.json, or a .gguf file; FILE a tokenizer.json or .gguf.\n"
         "  --no-special   special-token strings in the text are tokenized as plain text\n"
         "  --lines FILE   each line is a JSON string; prints one JSON array of ids per line (with\n"
         "                 --renderer: each line is a conversation; prints {ids, weights} per line)\n"
@@ -109,7 +109,7 @@ static int parse_args(int argc, char **argv, tok_args *a, int detok) {
         return EXIT_USAGE;
     }
     if (a->chat && !a->renderer) {
-        fprintf(stderr, "lathe tokenize: --chat needs --renderer qwen3|llama3|role_colon|auto\n");
+        fprintf(stderr, "lathe tokenize: --chat needs --renderer qwen3|llama3|chatml|role_colon|auto\n");
         return EXIT_USAGE;
     }
     return 0;
@@ -234,7 +234,7 @@ static int parse_kind(const eng_tokenizer *tok, const char *name, render_kind *k
         return 0;
     }
     if (render_kind_parse(name, kind) == 0) return 0;
-    fprintf(stderr, "lathe tokenize: --renderer must be qwen3, llama3, role_colon or auto\n");
+    fprintf(stderr, "lathe tokenize: --renderer must be qwen3, llama3, chatml, role_colon or auto\n");
     return -1;
 }
 

@@ -1,4 +1,4 @@
-/* render.c: chat renderers (qwen3, llama3, role_colon) producing token ids and per-token weights.
+/* render.c: chat renderers (qwen3, llama3, chatml, role_colon) producing token ids and per-token weights.
  *
  * A renderer first writes the conversation as a list of items: structural special tokens (by id) and text
  * segments, each with a weight. Tokenization then has to give exactly the ids Hugging Face gets by rendering
@@ -16,7 +16,9 @@
  * The Qwen3 rules (reasoning split on </think>, thinking blocks only after the last real user query, tool
  * calls and tool-response grouping) and the Llama 3 rules (content trimmed like Python's str.strip) follow
  * the chat_template files in shared/fixtures/tokenizers line by line; `tojson` is reproduced by a small
- * serializer with Python's json.dumps defaults (", " and ": " separators, ensure_ascii=False, float repr). */
+ * serializer with Python's json.dumps defaults (", " and ": " separators, ensure_ascii=False, float repr).
+ * chatml shares the ChatML turn, tool-call and tool-response pieces with qwen3 and follows SmolLM2's and
+ * Qwen2.5's templates; the default system text comes from the tokenizer's own chat template. */
 #include "train/render.h"
 
 #include <assert.h>
@@ -343,14 +345,62 @@ static int ends_with(const char *s, size_t n, const char *p) {
     return n >= m && memcmp(s + n - m, p, m) == 0;
 }
 
-static int render_qwen3(rctx *r, msg_view *m, size_t n, const render_opts *o) {
-    if (n && !strcmp(m[0].role, "system")) {
+/* ---- ChatML pieces shared by qwen3 and chatml ---- */
+
+/* <|im_start|>role\ncontent<|im_end|>\n: the header and the closing newline weight 0, content and <|im_end|>
+ * weight w. */
+static int chatml_turn(rctx *r, const char *role, const char *content, size_t len, float w) {
+    if (emit_special(r, "<|im_start|>", 0)) return -1;
+    emit_str(r, role, 0);
+    emit_str(r, "\n", 0);
+    emit_text(r, content, len, w);
+    if (emit_special(r, "<|im_end|>", w)) return -1;
+    emit_str(r, "\n", 0);
+    return 0;
+}
+
+/* Hermes-style tool calls after an assistant's content (clen bytes of it were written), as Qwen2.5's and
+ * Qwen3's templates write them: "\n" before each call except a first one after empty content. */
+static int chatml_tool_calls(rctx *r, const msg_view *v, size_t i, size_t clen) {
+    for (size_t t = 0; v->tool_calls && t < json_array_size(v->tool_calls); t++) {
+        const char *name;
+        strbuf args = STRBUF_INIT;
+        if (tool_call_parts(json_array_get(v->tool_calls, t), i, t, &name, &args, r->err)) {
+            sb_free(&args);
+            return -1;
+        }
+        if ((t == 0 && clen > 0) || t > 0) emit_str(r, "\n", v->w);
+        emit_str(r, "<tool_call>\n{\"name\": \"", v->w);
+        emit_str(r, name, v->w);
+        emit_str(r, "\", \"arguments\": ", v->w);
+        emit_text(r, args.buf ? args.buf : "", args.len, v->w);
+        emit_str(r, "}\n</tool_call>", v->w);
+        sb_free(&args);
+    }
+    return 0;
+}
+
+/* A tool result as Qwen's templates write it: consecutive tool messages share one user turn of
+ * <tool_response> blocks. */
+static int chatml_tool_response(rctx *r, const msg_view *m, size_t n, size_t i) {
+    const msg_view *v = &m[i];
+    if (i == 0 || strcmp(m[i - 1].role, "tool") != 0) {
         if (emit_special(r, "<|im_start|>", 0)) return -1;
-        emit_str(r, "system\n", 0);
-        emit_text(r, m[0].content, m[0].content_len, m[0].w);
-        if (emit_special(r, "<|im_end|>", m[0].w)) return -1;
+        emit_str(r, "user", 0);
+    }
+    emit_str(r, "\n<tool_response>\n", v->w);
+    emit_text(r, v->content, v->content_len, v->w);
+    emit_str(r, "\n</tool_response>", v->w);
+    if (i == n - 1 || strcmp(m[i + 1].role, "tool") != 0) {
+        if (emit_special(r, "<|im_end|>", v->w)) return -1;
         emit_str(r, "\n", 0);
     }
+    return 0;
+}
+
+static int render_qwen3(rctx *r, msg_view *m, size_t n, const render_opts *o) {
+    if (n && !strcmp(m[0].role, "system") && chatml_turn(r, "system", m[0].content, m[0].content_len, m[0].w))
+        return -1;
     long last_query = (long)n - 1;
     for (size_t k = n; k-- > 0;) {
         if (!strcmp(m[k].role, "user") && !(starts_with(m[k].content, m[k].content_len, "<tool_response>") &&
@@ -362,12 +412,7 @@ static int render_qwen3(rctx *r, msg_view *m, size_t n, const render_opts *o) {
     for (size_t i = 0; i < n; i++) {
         msg_view *v = &m[i];
         if (!strcmp(v->role, "user") || (!strcmp(v->role, "system") && i > 0)) {
-            if (emit_special(r, "<|im_start|>", 0)) return -1;
-            emit_str(r, v->role, 0);
-            emit_str(r, "\n", 0);
-            emit_text(r, v->content, v->content_len, v->w);
-            if (emit_special(r, "<|im_end|>", v->w)) return -1;
-            emit_str(r, "\n", 0);
+            if (chatml_turn(r, v->role, v->content, v->content_len, v->w)) return -1;
         } else if (!strcmp(v->role, "assistant")) {
             const char *content = v->content, *reason = "";
             size_t clen = v->content_len, rlen = 0;
@@ -410,35 +455,11 @@ static int render_qwen3(rctx *r, msg_view *m, size_t n, const render_opts *o) {
             } else {
                 emit_text(r, content, clen, v->w);
             }
-            for (size_t t = 0; v->tool_calls && t < json_array_size(v->tool_calls); t++) {
-                const char *name;
-                strbuf args = STRBUF_INIT;
-                if (tool_call_parts(json_array_get(v->tool_calls, t), i, t, &name, &args, r->err)) {
-                    sb_free(&args);
-                    return -1;
-                }
-                if ((t == 0 && clen > 0) || t > 0) emit_str(r, "\n", v->w);
-                emit_str(r, "<tool_call>\n{\"name\": \"", v->w);
-                emit_str(r, name, v->w);
-                emit_str(r, "\", \"arguments\": ", v->w);
-                emit_text(r, args.buf ? args.buf : "", args.len, v->w);
-                emit_str(r, "}\n</tool_call>", v->w);
-                sb_free(&args);
-            }
+            if (chatml_tool_calls(r, v, i, clen)) return -1;
             if (emit_special(r, "<|im_end|>", v->w)) return -1;
             emit_str(r, "\n", 0);
         } else if (!strcmp(v->role, "tool")) {
-            if (i == 0 || strcmp(m[i - 1].role, "tool") != 0) {
-                if (emit_special(r, "<|im_start|>", 0)) return -1;
-                emit_str(r, "user", 0);
-            }
-            emit_str(r, "\n<tool_response>\n", v->w);
-            emit_text(r, v->content, v->content_len, v->w);
-            emit_str(r, "\n</tool_response>", v->w);
-            if (i == n - 1 || strcmp(m[i + 1].role, "tool") != 0) {
-                if (emit_special(r, "<|im_end|>", v->w)) return -1;
-                emit_str(r, "\n", 0);
-            }
+            if (chatml_tool_response(r, m, n, i)) return -1;
         }
     }
     if (o->add_generation_prompt) {
@@ -447,6 +468,75 @@ static int render_qwen3(rctx *r, msg_view *m, size_t n, const render_opts *o) {
         if (!o->enable_thinking) emit_str(r, "<think>\n\n</think>\n\n", 0);
     }
     return 0;
+}
+
+/* ---- chatml ---- */
+
+/* The default system message a ChatML template writes when the first message is not a system one: the text
+ * of a template string literal that starts with <|im_start|>system, a newline (or its \n escape), and runs
+ * to <|im_end|> inside the same literal (SmolLM2: '<|im_start|>system\nYou are a helpful AI assistant named
+ * SmolLM, trained by Hugging Face<|im_end|>\n'; Qwen2.5: '...You are Qwen, created by Alibaba Cloud. You are
+ * a helpful assistant.<|im_end|>\n'). The literal that writes messages[0]['content'] closes right after the
+ * newline, so it never matches. 1 with the unescaped text in out, 0 when the template has none. */
+static int chatml_default_system(const char *tpl, strbuf *out) {
+    static const char head[] = "<|im_start|>system";
+    for (const char *p = tpl ? strstr(tpl, head) : NULL; p; p = strstr(p + 1, head)) {
+        if (p == tpl || (p[-1] != '\'' && p[-1] != '"')) continue;
+        char quote = p[-1];
+        const char *q = p + sizeof head - 1;
+        if (*q == '\n')
+            q++;
+        else if (q[0] == '\\' && q[1] == 'n')
+            q += 2;
+        else
+            continue;
+        sb_reset(out);
+        for (; *q && *q != quote; q++) {
+            if (!strncmp(q, "<|im_end|>", 10)) return out->len > 0;
+            if (*q == '\\' && q[1]) {
+                q++;
+                sb_putc(out, *q == 'n' ? '\n' : *q == 't' ? '\t' : *q);
+            } else {
+                sb_putc(out, *q);
+            }
+        }
+    }
+    return 0;
+}
+
+/* Plain ChatML (SmolLM2, Qwen2.5 and other ChatML models without thinking): every message as one turn, the
+ * template's default system message first when the conversation does not start with a system message,
+ * Hermes tool calls, and tool results as Qwen writes them when the template knows <tool_response> (else as
+ * a "tool" turn); generation prompt <|im_start|>assistant\n. */
+static int render_chatml(rctx *r, msg_view *m, size_t n, const render_opts *o) {
+    const char *tpl = eng_tok_chat_template(r->tok);
+    strbuf sys = STRBUF_INIT;
+    int rc = 0;
+    if (n && strcmp(m[0].role, "system") != 0 && chatml_default_system(tpl, &sys))
+        rc = chatml_turn(r, "system", sys.buf, sys.len, 0);
+    sb_free(&sys);
+    int qwen_tools = tpl && strstr(tpl, "<tool_response>") != NULL;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        msg_view *v = &m[i];
+        if (!strcmp(v->role, "tool") && qwen_tools) {
+            rc = chatml_tool_response(r, m, n, i);
+        } else if (v->tool_calls && json_array_size(v->tool_calls)) {
+            rc = emit_special(r, "<|im_start|>", 0);
+            emit_str(r, v->role, 0);
+            emit_str(r, "\n", 0);
+            emit_text(r, v->content, v->content_len, v->w);
+            if (rc == 0) rc = chatml_tool_calls(r, v, i, v->content_len);
+            if (rc == 0) rc = emit_special(r, "<|im_end|>", v->w);
+            emit_str(r, "\n", 0);
+        } else {
+            rc = chatml_turn(r, v->role, v->content, v->content_len, v->w);
+        }
+    }
+    if (rc == 0 && o->add_generation_prompt) {
+        rc = emit_special(r, "<|im_start|>", 0);
+        emit_str(r, "assistant\n", 0);
+    }
+    return rc;
 }
 
 /* ---- llama3 ---- */
@@ -621,6 +711,9 @@ int render_chat_opts(const eng_tokenizer *tok, render_kind kind, json_t *message
         case RENDER_ROLE_COLON:
             rc = render_role_colon(&r, m, n, opts);
             break;
+        case RENDER_CHATML:
+            rc = render_chatml(&r, m, n, opts);
+            break;
         default:
             rc = lt_err_set(err, 400, "unknown renderer %d", (int)kind);
         }
@@ -664,10 +757,11 @@ void render_out_free(render_out *out) {
     memset(out, 0, sizeof *out);
 }
 
-static const char *const kind_names[] = {"qwen3", "llama3", "role_colon"};
+static const char *const kind_names[] = {"qwen3", "llama3", "role_colon", "chatml"};
+#define N_KINDS ((int)(sizeof kind_names / sizeof *kind_names))
 
 int render_kind_parse(const char *name, render_kind *kind) {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < N_KINDS; i++)
         if (name && !strcmp(name, kind_names[i])) {
             *kind = (render_kind)i;
             return 0;
@@ -676,16 +770,35 @@ int render_kind_parse(const char *name, render_kind *kind) {
 }
 
 const char *render_kind_name(render_kind kind) {
-    return (unsigned)kind < 3 ? kind_names[kind] : "unknown";
+    return (unsigned)kind < (unsigned)N_KINDS ? kind_names[kind] : "unknown";
 }
 
+/* The chat template `lathe model init-tiny` writes (bare ChatML): lathe's random-weight models keep the
+ * role_colon format their demo and tests render, so this one template does not pick chatml. */
+static const char TINY_TEMPLATE[] =
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% "
+    "endif %}";
+
 render_kind render_pick(const eng_tokenizer *tok, const char *family) {
+    int is_llama = family && !strcmp(family, "llama"), is_qwen = family && !strcmp(family, "qwen");
+    const char *tpl = eng_tok_chat_template(tok);
+    int chatml_tokens =
+        eng_tok_token_id(tok, "<|im_start|>") >= 0 && eng_tok_token_id(tok, "<|im_end|>") >= 0;
+    if (tpl && strcmp(tpl, TINY_TEMPLATE) != 0) {
+        if (strstr(tpl, "<|start_header_id|>") && eng_tok_token_id(tok, "<|start_header_id|>") >= 0 &&
+            eng_tok_token_id(tok, "<|eot_id|>") >= 0 && !is_qwen)
+            return RENDER_LLAMA3;
+        if (strstr(tpl, "<|im_start|>") && chatml_tokens) {
+            if (!strstr(tpl, "<think>")) return RENDER_CHATML;
+            if (eng_tok_token_id(tok, "<think>") >= 0 && !is_llama) return RENDER_QWEN3;
+        }
+    }
     int llama = eng_tok_token_id(tok, "<|start_header_id|>") >= 0 && eng_tok_token_id(tok, "<|eot_id|>") >= 0;
     /* Qwen3's tokenizer: ChatML tokens plus the thinking tags (a bare ChatML vocabulary, like the tiny
      * model's, is not enough) */
     int qwen3 = eng_tok_token_id(tok, "<|im_start|>") >= 0 && eng_tok_token_id(tok, "<|im_end|>") >= 0 &&
                 eng_tok_token_id(tok, "<think>") >= 0 && eng_tok_token_id(tok, "</think>") >= 0;
-    int is_llama = family && !strcmp(family, "llama"), is_qwen = family && !strcmp(family, "qwen");
     if (llama && !is_qwen) return RENDER_LLAMA3;
     if (qwen3 && !is_llama) return RENDER_QWEN3;
     return RENDER_ROLE_COLON;
@@ -694,7 +807,7 @@ render_kind render_pick(const eng_tokenizer *tok, const char *family) {
 void render_stops_for(const eng_tokenizer *tok, render_kind kind, render_stops *s) {
     memset(s, 0, sizeof *s);
     const char *names[3] = {NULL, NULL, NULL};
-    if (kind == RENDER_QWEN3) names[0] = "<|im_end|>", names[1] = "<|endoftext|>";
+    if (kind == RENDER_QWEN3 || kind == RENDER_CHATML) names[0] = "<|im_end|>", names[1] = "<|endoftext|>";
     if (kind == RENDER_LLAMA3) names[0] = "<|eot_id|>", names[1] = "<|end_of_text|>";
     for (int i = 0; names[i]; i++) {
         int id = eng_tok_token_id(tok, names[i]);

@@ -8,11 +8,15 @@
  * then <|start_header_id|>role<|end_header_id|>\n\n{content, trimmed}<|eot_id|>, no date preamble
  * (token-exact with the Llama 3 chat_template); generation prompt
  *               <|start_header_id|>assistant<|end_header_id|>\n\n.
- *   role_colon  base and tiny models: BOS when the tokenizer has one, then per message "Role:" (weight 0) and
- *               " content\n\n" (weight 1 for trained assistant messages); generation prompt ends
- * "Assistant:". Weights: headers and non-assistant messages 0; each trained assistant message's content and
- * its end-of-turn token 1. By default every assistant message is trained; a message may carry "trainable":
- * true|false.
+ *   chatml      plain ChatML (SmolLM2, Qwen2.5): <|im_start|>role\ncontent<|im_end|>\n per message,
+ * token-exact with those templates; when the model's chat template writes a default system message for
+ *               conversations that do not start with one, that text (read from the template) comes first;
+ *               tool calls and tool results as Qwen2.5 writes them; generation prompt
+ * <|im_start|>assistant\n; stops at <|im_end|>. role_colon  base and tiny models: BOS when the tokenizer has
+ * one, then per message "Role:" (weight 0) and " content\n\n" (weight 1 for trained assistant messages);
+ * generation prompt ends "Assistant:". Weights: headers and non-assistant messages 0; each trained assistant
+ * message's content and its end-of-turn token 1. By default every assistant message is trained; a message may
+ * carry "trainable": true|false.
  *
  * Input is a jansson array of {"role", "content", "tool_calls"?, "tool_call_id"?, "reasoning_content"?,
  * "trainable"?}; content must be a string or null. Special-token strings inside message content are tokenized
@@ -29,7 +33,7 @@
 #include "engine/tokenizer.h"
 #include "util/err.h"
 
-typedef enum { RENDER_QWEN3 = 0, RENDER_LLAMA3, RENDER_ROLE_COLON } render_kind;
+typedef enum { RENDER_QWEN3 = 0, RENDER_LLAMA3, RENDER_ROLE_COLON, RENDER_CHATML } render_kind;
 
 typedef struct {
     int add_generation_prompt; /* append the assistant header (the sampling prompt) */
@@ -53,14 +57,18 @@ typedef struct {
     int n_stop_strings;
 } render_stops;
 
-/* "qwen3" | "llama3" | "role_colon" -> kind; 0 ok, -1 unknown. */
+/* "qwen3" | "llama3" | "role_colon" | "chatml" -> kind; 0 ok, -1 unknown. */
 int render_kind_parse(const char *name, render_kind *kind);
 const char *render_kind_name(render_kind kind);
 
-/* The renderer for a model: Llama 3 header tokens (<|start_header_id|>, <|eot_id|>) -> llama3; Qwen3's tokens
- * (<|im_start|>, <|im_end|>, <think>, </think>) -> qwen3; anything else, including base and tiny byte-level
- * models with a bare ChatML vocabulary -> role_colon. family ("llama", "qwen" or NULL) only vetoes the other
- * family's format. */
+/* The renderer for a model. From its own chat template when the tokenizer has one (and the tokens it names):
+ * Llama 3 headers (<|start_header_id|>) -> llama3; ChatML with <think> -> qwen3; other ChatML (<|im_start|>)
+ * -> chatml; except the bare ChatML template `lathe model init-tiny` writes, so tiny models stay role_colon.
+ * Without a template (or one of none of these kinds): Llama 3 header tokens (<|start_header_id|>,
+ * <|eot_id|>) -> llama3; Qwen3's tokens (<|im_start|>, <|im_end|>, <think>, </think>) -> qwen3; anything
+ * else, including base and tiny byte-level models with a bare ChatML vocabulary -> role_colon. family
+ * ("llama", "qwen" or NULL) only vetoes the other family's llama3/qwen3 format (chatml serves both: SmolLM2
+ * is a llama). */
 render_kind render_pick(const eng_tokenizer *tok, const char *family);
 
 /* Renders messages with default options plus add_generation_prompt. Returns 0, or -1 with err (400 naming the

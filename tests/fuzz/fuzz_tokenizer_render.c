@@ -1,7 +1,8 @@
 /* libFuzzer target for the chat renderers: the input is a conversation as JSON (dataset rows are outside
- * input). Every renderer, with and without the generation prompt, either refuses it with a 400 and a message
- * or returns ids inside the vocabulary with one 0/1 weight per id; trained tokens never appear without
- * an assistant (or "trainable") message. */
+ * input), optionally preceded by a chat template and a NUL (templates come from model files: chatml reads its
+ * default system message from one). Every renderer, with and without the generation prompt, either refuses it
+ * with a 400 and a message or returns ids inside the vocabulary with one 0/1 weight per id; trained tokens
+ * never appear without an assistant (or "trainable") message. */
 #include <assert.h>
 #include <jansson.h>
 #include <stddef.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "engine/tokenizer.h"
+#include "engine/tokenizer_internal.h"
 #include "train/render.h"
 #include "util/strbuf.h"
 
@@ -48,6 +50,17 @@ static void build(void) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!tok) build();
+    /* the template: the input's own before a NUL, else one with a default system message and <tool_response>
+     */
+    static const char tpl[] = "{{ '<|im_start|>system\\nDefault.<|im_end|>\\n' }}<tool_response>";
+    const uint8_t *nul = memchr(data, 0, size);
+    if (nul) {
+        eng_tok_set_file_meta(tok, -1, -1, -1, (const char *)data, (size_t)(nul - data));
+        size -= (size_t)(nul + 1 - data);
+        data = nul + 1;
+    } else {
+        eng_tok_set_file_meta(tok, -1, -1, -1, tpl, sizeof tpl - 1);
+    }
     json_t *msgs = json_loadb((const char *)data, size, JSON_DECODE_ANY, NULL);
     if (!msgs) return 0;
     int any_trained_msg = 0;
@@ -57,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if ((role && !strcmp(role, "assistant")) || json_is_true(json_object_get(m, "trainable")))
             any_trained_msg = 1;
     }
-    for (int kind = 0; kind < 3; kind++) {
+    for (int kind = 0; kind <= RENDER_CHATML; kind++) {
         for (int gen = 0; gen < 2; gen++) {
             render_out out;
             lt_err err = {0};

@@ -1,4 +1,4 @@
-/* Unit tests for train/render: the qwen3, llama3 and role_colon formats on the real tokenizers in
+/* Unit tests for train/render: the qwen3, llama3, chatml and role_colon formats on the real tokenizers in
  * ../shared/fixtures (decoded text and weights), renderer choice, stop tokens, options and error messages.
  * Token-exactness against the jinja2 templates is tests/py/test_render_parity.py. */
 #include <setjmp.h>
@@ -10,8 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/tokenizer.h"
+#include "engine/tokenizer_internal.h"
 #include "train/render.h"
 #include "util/strbuf.h"
 #include "util/util.h"
@@ -199,8 +201,136 @@ static void test_pick_and_stops(void **state) {
     render_kind k;
     assert_int_equal(render_kind_parse("llama3", &k), 0);
     assert_int_equal(k, RENDER_LLAMA3);
-    assert_int_equal(render_kind_parse("chatml", &k), -1);
+    assert_int_equal(render_kind_parse("chatml", &k), 0);
+    assert_int_equal(k, RENDER_CHATML);
+    assert_string_equal(render_kind_name(RENDER_CHATML), "chatml");
+    assert_int_equal(render_kind_parse("ChatML", &k), -1);
     assert_string_equal(render_kind_name(RENDER_ROLE_COLON), "role_colon");
+}
+
+/* SmolLM2's chat template (from its GGUF) and a Qwen2.5-style one, as the template text holds them: SmolLM2's
+ * newlines are real newlines inside the Jinja literals, Qwen's are \n escapes. */
+static const char *SMOL_TPL =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ "
+    "'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' "
+    "}}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% "
+    "endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+static const char *QWEN25_TPL =
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
+    "'<|im_end|>\\n' }}{%- else %}{{- \"<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You "
+    "are a \\\"helpful\\\" assistant.<|im_end|>\\n\" }}{%- endif %}{%- for message in messages "
+    "%}...<tool_response>";
+
+static void render_fails(const eng_tokenizer *t, render_kind k, const char *json, const char *needle);
+
+static eng_tokenizer *with_template(const char *tpl) {
+    eng_tokenizer *t = fixture("qwen3");
+    assert_non_null(t);
+    eng_tok_set_file_meta(t, -1, -1, -1, tpl, strlen(tpl));
+    return t;
+}
+
+static void test_chatml(void **state) {
+    eng_tokenizer *smol = with_template(SMOL_TPL), *qw = with_template(QWEN25_TPL);
+    render_opts o = RENDER_OPTS_DEFAULT;
+    char *w, *s = render_text(smol, RENDER_CHATML, CHAT, &o, &w);
+    assert_string_equal(s, "<|im_start|>system\nBe nice.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                           "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n"
+                           "<|im_start|>assistant\n<think>\nwave\n</think>\n\nBye!<|im_end|>\n");
+    assert_string_equal(w, "Hello!<|im_end|>|<think>\nwave\n</think>\n\nBye!<|im_end|>");
+    free(s);
+    free(w);
+    /* no system message: the template's default comes first, untrained */
+    o.add_generation_prompt = 1;
+    const char *two = "[{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Yo\"},"
+                      "{\"role\":\"user\",\"content\":\"More\"}]";
+    s = render_text(smol, RENDER_CHATML, two, &o, &w);
+    assert_string_equal(
+        s, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+           "Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n"
+           "<|im_start|>user\nMore<|im_end|>\n<|im_start|>assistant\n");
+    assert_string_equal(w, "Yo<|im_end|>");
+    free(s);
+    free(w);
+    s = render_text(qw, RENDER_CHATML, two, &o, &w);
+    assert_non_null(
+        strstr(s, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a \"helpful\" "
+                  "assistant.<|im_end|>\n<|im_start|>user\nHi"));
+    free(s);
+    free(w);
+    /* Qwen2.5 tool results: one user turn of <tool_response> blocks; a template without them: "tool" turns */
+    const char *tools = "[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"go\"},"
+                        "{\"role\":\"assistant\",\"content\":\"ok\",\"tool_calls\":[{\"function\":{\"name\":"
+                        "\"f\",\"arguments\":{\"x\":1}}}]},{\"role\":\"tool\",\"content\":\"r1\"}]";
+    o.add_generation_prompt = 0;
+    s = render_text(qw, RENDER_CHATML, tools, &o, &w);
+    assert_string_equal(
+        s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\ngo<|im_end|>\n<|im_start|>"
+           "assistant\nok\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>"
+           "<|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n</tool_response><|im_end|>\n");
+    assert_string_equal(w, "ok\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>"
+                           "<|im_end|>");
+    free(s);
+    free(w);
+    s = render_text(smol, RENDER_CHATML, tools, &o, &w);
+    assert_non_null(strstr(s, "</tool_call><|im_end|>\n<|im_start|>tool\nr1<|im_end|>\n"));
+    free(s);
+    free(w);
+    /* a template without a default system message: none added */
+    eng_tokenizer *bare =
+        with_template("{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>' }}");
+    s = render_text(bare, RENDER_CHATML, "[{\"role\":\"user\",\"content\":\"Hi\"}]", &o, &w);
+    assert_string_equal(s, "<|im_start|>user\nHi<|im_end|>\n");
+    free(s);
+    free(w);
+    render_fails(llama, RENDER_CHATML, "[{\"role\":\"user\",\"content\":\"x\"}]", "no <|im_start|> token");
+
+    /* picking from the template: ChatML -> chatml whatever the family, <think> -> qwen3, init-tiny's ->
+     * role_colon */
+    assert_int_equal(render_pick(smol, NULL), RENDER_CHATML);
+    assert_int_equal(render_pick(smol, "llama"), RENDER_CHATML);
+    assert_int_equal(render_pick(qw, "qwen"), RENDER_CHATML);
+    assert_int_equal(render_pick(bare, NULL), RENDER_CHATML);
+    const char *tiny_tpl = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+                           "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if "
+                           "add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    eng_tok_set_file_meta(bare, -1, -1, -1, tiny_tpl, strlen(tiny_tpl));
+    assert_int_equal(render_pick(bare, NULL), RENDER_QWEN3); /* template ignored: Qwen3's tokens decide */
+    const char *l3 = "{{ '<|start_header_id|>' }}";
+    eng_tok_set_file_meta(bare, -1, -1, -1, l3, strlen(l3));
+    assert_int_equal(render_pick(bare, NULL),
+                     RENDER_QWEN3); /* no Llama 3 tokens: the template is not followed */
+    render_stops st;
+    render_stops_for(smol, RENDER_CHATML, &st);
+    assert_int_equal(st.stop_ids[0], eng_tok_token_id(smol, "<|im_end|>"));
+    assert_int_equal(st.n_stop_strings, 0);
+    eng_tok_free(smol);
+    eng_tok_free(qw);
+    eng_tok_free(bare);
+}
+
+static void test_smollm2_gguf(void **state) {
+    const char *home = getenv("HOME");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/.cache/lathe/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+             home ? home : "/root");
+    if (access(path, R_OK) != 0) {
+        fprintf(stderr, "skipped: %s not found (scripts/setup.sh fetches it)\n", path);
+        skip();
+    }
+    lt_err err = {0};
+    eng_tokenizer *t = eng_tok_load(path, &err);
+    assert_non_null(t);
+    assert_int_equal(render_pick(t, "llama"), RENDER_CHATML);
+    render_opts o = RENDER_OPTS_DEFAULT;
+    o.add_generation_prompt = 1;
+    char *w, *s = render_text(t, RENDER_CHATML, "[{\"role\":\"user\",\"content\":\"What is 2+2?\"}]", &o, &w);
+    assert_string_equal(s,
+                        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+                        "Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n");
+    free(s);
+    free(w);
+    eng_tok_free(t);
 }
 
 static void render_fails(const eng_tokenizer *t, render_kind k, const char *json, const char *needle) {
@@ -249,6 +379,8 @@ int main(void) {
         cmocka_unit_test(test_llama3),
         cmocka_unit_test(test_role_colon),
         cmocka_unit_test(test_pick_and_stops),
+        cmocka_unit_test(test_chatml),
+        cmocka_unit_test(test_smollm2_gguf),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_special_text_in_content_is_text),
     };
