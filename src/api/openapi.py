@@ -207,8 +207,9 @@ schemas["TrainingModel"] = obj({"tinker_id": {"type": "string"}, "display_name":
                                 "size_b": {"type": "number", "minimum": 0}, "context_length": {"type": "integer", "minimum": 1},
                                 "extended_context": {"type": "boolean"},
                                 "supported_algorithms": {"type": "array", "items": {"type": "string", "enum": ["sft", "importance_sampling", "ppo", "grpo"]}},
-                                "pricing": {"type": ["object", "null"]}},
-                               ["tinker_id", "display_name", "family", "type", "size_b", "context_length", "extended_context", "supported_algorithms", "pricing"], extra=True)
+                                "pricing": {"type": ["object", "null"]},
+                                "quantization": {"type": ["string", "null"], "description": "How the weights are stored: a GGUF file's llama.cpp file type (e.g. Q4_1), a model dir's torch_dtype, or null"}},
+                               ["tinker_id", "display_name", "family", "type", "size_b", "context_length", "extended_context", "supported_algorithms", "pricing", "quantization"], extra=True)
 schemas["TrainingCatalogResponse"] = obj({"models": {"type": "array", "items": ref("TrainingModel")}, "total": {"type": "integer", "minimum": 0},
                                           "limit": {"type": "integer", "minimum": 1, "maximum": 100}}, ["models", "total", "limit"], extra=True)
 # artifacts
