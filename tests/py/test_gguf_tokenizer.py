@@ -10,6 +10,8 @@ plus the strings where pre-tokenizers disagree ("1  2  3", " ½", "٣٤", ...).
              token types (3 for special added tokens, 4 for the others) and the pre name; the reference is
              Tokenizer.from_file(that tokenizer.json).
   qwen2      the same from the Qwen3 fixture (Qwen2's regex + NFC).
+  gpt2       the same from SmolLM2's vocabulary with GPT-2's ByteLevel regex (the reference tokenizer above with
+             pre_tokenizer ByteLevel(add_prefix_space=False), saved as tokenizer.json).
 Encoding with special tokens parsed and as plain text, and decoding the reference ids back, must all agree."""
 import os
 
@@ -85,12 +87,19 @@ def write_gguf_from_json(tj_path, pre, out):
     return out
 
 
-@pytest.fixture(scope="module", params=["smollm", "llama-bpe", "qwen2"])
+@pytest.fixture(scope="module", params=["smollm", "llama-bpe", "qwen2", "gpt2"])
 def tok(request, tmp_path_factory):
+    if request.param in ("smollm", "gpt2") and not os.path.exists(SMOLLM2):
+        pytest.skip(f"{SMOLLM2} not found: scripts/setup.sh fetches the SmolLM2 GGUF")
     if request.param == "smollm":
-        if not os.path.exists(SMOLLM2):
-            pytest.skip(f"{SMOLLM2} not found: scripts/setup.sh fetches the SmolLM2 GGUF")
         return request.param, SMOLLM2, smollm_reference(SMOLLM2)
+    if request.param == "gpt2":
+        ref = smollm_reference(SMOLLM2)
+        ref.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        d = tmp_path_factory.mktemp("gpt2")
+        ref.save(str(d / "tokenizer.json"))
+        path = write_gguf_from_json(str(d / "tokenizer.json"), "gpt2", str(d / "gpt2.gguf"))
+        return request.param, path, Tokenizer.from_file(str(d / "tokenizer.json"))
     fam = "llama3" if request.param == "llama-bpe" else "qwen3"
     tj = os.path.join(FIX, fam, "tokenizer.json")
     path = write_gguf_from_json(tj, request.param, str(tmp_path_factory.mktemp("gguf") / (fam + ".gguf")))
