@@ -22,6 +22,8 @@
 #include "util/log.h"
 #include "util/util.h"
 
+static size_t errors_take_omitted(json_t *errors);
+
 #define API_JSON_FLAGS (JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15))
 
 void api_resp_clear(api_resp *r, int keep_headers) {
@@ -133,6 +135,11 @@ void api_error_with(api_resp *resp, int status, const char *type, json_t *errors
     va_start(ap, fmt);
     detail_fmt(detail, sizeof detail, fmt, ap);
     va_end(ap);
+    size_t omitted = errors_take_omitted(errors);
+    if (omitted) {
+        size_t len = strlen(detail);
+        snprintf(detail + len, sizeof detail - len, " (%zu more errors not listed)", omitted);
+    }
     envelope(resp, status, type, errors, detail);
 }
 
@@ -216,8 +223,43 @@ json_t *api_loc(const char *first, ...) {
     return loc;
 }
 
+/* Past API_ERRORS_MAX items, api_verr_add only counts: the count lives in a last, private item
+ * {"_omitted": N} that the envelope functions take out again (errors_take_omitted) before anything is sent,
+ * so a body with 50,000 unknown keys costs 100 items, not 50,000. */
+#define OMITTED_KEY "_omitted"
+
+static json_int_t omitted_of(const json_t *item) {
+    return json_integer_value(json_object_get(item, OMITTED_KEY));
+}
+
+/* Removes the count item and anything past the cap; returns how many errors were left out. */
+static size_t errors_take_omitted(json_t *errors) {
+    if (!json_is_array(errors)) return 0;
+    size_t n = json_array_size(errors), omitted = 0;
+    if (n && omitted_of(json_array_get(errors, n - 1)) > 0) {
+        omitted = (size_t)omitted_of(json_array_get(errors, n - 1));
+        json_array_remove(errors, --n);
+    }
+    while (n > API_ERRORS_MAX) {
+        json_array_remove(errors, --n);
+        omitted++;
+    }
+    return omitted;
+}
+
 void api_verr_add(json_t *errors, json_t *loc, const char *type, const char *fmt, ...) {
     assert(json_is_array(errors));
+    size_t have = json_array_size(errors);
+    if (have >= API_ERRORS_MAX) {
+        json_decref(loc);
+        json_t *last = json_array_get(errors, have - 1);
+        json_int_t k = omitted_of(last);
+        if (k > 0)
+            json_object_set_new(last, OMITTED_KEY, json_integer(k + 1));
+        else
+            json_array_append_new(errors, json_pack("{s:I}", OMITTED_KEY, (json_int_t)1));
+        return;
+    }
     char msg[600];
     va_list ap;
     va_start(ap, fmt);
@@ -246,7 +288,8 @@ static void loc_text(const json_t *loc, strbuf *sb) {
 }
 
 void api_validation_error(api_resp *resp, json_t *errors) {
-    size_t n = json_array_size(errors);
+    size_t omitted = errors_take_omitted(errors);
+    size_t n = json_array_size(errors) + omitted;
     if (n == 0) {
         json_decref(errors);
         api_error(resp, 422, "validation_error", "the request body is invalid");
@@ -258,7 +301,14 @@ void api_validation_error(api_resp *resp, json_t *errors) {
     const char *msg = json_string_value(json_object_get(first, "msg"));
     if (sb.len) sb_putc(&sb, ' ');
     sb_puts(&sb, msg ? msg : "is invalid");
-    if (n > 1) sb_printf(&sb, " (and %zu more error%s)", n - 1, n > 2 ? "s" : "");
+    if (sb.len > 600) { /* a huge key name must not push the count out of the detail */
+        sb.len = 600;
+        sb.buf[sb.len] = '\0';
+        sb_puts(&sb, "...");
+    }
+    if (n > 1) sb_printf(&sb, " (and %zu more error%s", n - 1, n > 2 ? "s" : "");
+    if (omitted) sb_printf(&sb, "; the first %zu are listed", n - omitted);
+    if (n > 1) sb_putc(&sb, ')');
     api_error_with(resp, 422, "validation_error", errors, "%s", sb.buf);
     sb_free(&sb);
 }

@@ -49,12 +49,16 @@ typedef struct api_config {
     int lease_s;                    /* LATHE_LEASE_S, default 60 */
     const char *worlds_url;         /* LATHE_WORLDS_URL, NULL/"" = no environment backend */
     int threads;                    /* HTTP pool threads, default 8 */
+    int max_streams;                /* LATHE_MAX_STREAMS: open event streams in all, 0 = default 64 */
+    int max_streams_per_key;        /* LATHE_MAX_STREAMS_PER_KEY: per API key, 0 = default 8 */
     /* Optional: registers more routes after the built-in groups (embedders, tests). NULL = none. */
     void (*routes_extra)(struct api_router *r);
 } api_config;
 
 #define API_DEFAULT_MAX_BODY ((size_t)1 << 20) /* 1 MiB */
 #define API_UPLOAD_MAX_BODY ((size_t)2 << 30)  /* 2 GiB: artifact archives */
+#define API_DEFAULT_MAX_STREAMS 64
+#define API_DEFAULT_MAX_STREAMS_PER_KEY 8
 
 /* One per server, shared by every handler and background thread. Handlers read the fields; nothing here is
  * written after the server starts except through the functions below. */
@@ -165,7 +169,12 @@ int api_resp_status(const api_resp *resp);
 /* A loc array: api_loc("body", "config", "batch_size", NULL). Strings only; append integers (array
  * indexes) with json_array_append_new(loc, json_integer(i)). Returns a new reference. */
 json_t *api_loc(const char *first, ...);
-/* Appends {loc, msg, type} to errors (a JSON array). Takes ownership of loc. msg is printf-formatted. */
+/* The most items an errors[] array carries; the rest are counted and the detail says how many in all. */
+#define API_ERRORS_MAX 100
+
+/* Appends {loc, msg, type} to errors (a JSON array). Takes ownership of loc. msg is printf-formatted. Past
+ * API_ERRORS_MAX items it only counts (in a private last item that api_validation_error / api_error_with
+ * take out: pass such an array to nothing else). */
 void api_verr_add(json_t *errors, json_t *loc, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Sends the 422 envelope for a non-empty errors array (taken): detail is the first error as
@@ -211,7 +220,9 @@ typedef struct api_stream api_stream;
 typedef void (*api_stream_fn)(api_stream *s, void *arg);
 
 /* Makes resp a streaming response with status and content type (SSE: "text/event-stream"; the server adds
- * Cache-Control: no-cache). 0, or -1 with a 500 in resp. */
+ * Cache-Control: no-cache). 0, or -1 with a 500 in resp. Each open stream holds a producer thread, so the
+ * server caps them (max_streams in all, max_streams_per_key per API key): past a cap the request gets a 429
+ * rate_limited naming the limit and its flag instead (the producer never runs; arg is freed). */
 int api_stream_start(api_resp *resp, int status, const char *content_type, api_stream_fn fn, void *arg,
                      void (*free_arg)(void *));
 /* Queues bytes for the client (copied). Blocks only while more than 1 MiB is queued. 0, or -1 when the

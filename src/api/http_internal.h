@@ -51,6 +51,34 @@ struct api_req_private {
     int idem_state; /* API_IDEM_* */
 };
 
+/* ---- gate.c: the connection gate (first request head of each connection, before libmicrohttpd) ---- */
+
+#define API_GATE_URI_MAX 8192 /* request target bytes: more is a 414 */
+#define API_GATE_URI_MAX_TEXT "8192"
+#define API_GATE_HEAD_MAX 16384 /* header section bytes: more is a 431 */
+#define API_GATE_HEAD_MAX_TEXT "16384"
+
+enum { API_GATE_PASS = 0, API_GATE_MORE = 1 };
+
+typedef struct api_gate_verdict {
+    int status; /* 400, 408, 413, 414, 431, 505 */
+    char detail[200];
+} api_gate_verdict;
+
+/* Checks the first n bytes a client sent (a request head, maybe with the start of a body). complete: the
+ * client will send no more. Returns API_GATE_PASS (a well-formed HTTP/1.0 or 1.1 head with unambiguous
+ * framing), API_GATE_MORE (incomplete, wait for more bytes), or an HTTP status with v->detail saying what to
+ * fix. */
+int api_gate_inspect(const char *buf, size_t n, int complete, api_gate_verdict *v);
+
+struct MHD_Daemon;
+typedef struct api_gate api_gate;
+/* Starts the gate thread on a listening socket (non-blocking, owned by the caller), handing accepted
+ * connections whose head passed to mhd (started with MHD_USE_NO_LISTEN_SOCKET). NULL with err. */
+api_gate *api_gate_start(int listen_fd, struct MHD_Daemon *mhd, lt_err *err);
+/* Stops the thread and closes the connections still waiting at the gate (not the listening socket). */
+void api_gate_stop(api_gate *g);
+
 /* ---- auth.c ---- */
 
 /* Reads X-API-Key or Authorization: Bearer, verifies the key, fills req->principal. 0 ok, -1 with the 401

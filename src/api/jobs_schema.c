@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---------------------------------------------------------------------------------------------------------
  * small helpers */
@@ -118,6 +119,11 @@ static void add_err(js_result *r, json_t *loc, const char *type, const char *fmt
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (json_array_size(r->errors) >= JS_ERRORS_MAX) {
+        json_decref(loc);
+        r->errors_omitted++;
+        return;
+    }
     json_t *item = chk(json_object());
     oset(item, "loc", loc);
     oset(item, "msg", chk(json_string(msg)));
@@ -1012,6 +1018,15 @@ static void finish_unresolved(pair p, json_t *eff) {
 static void set_detail(js_result *r) {
     size_t n = json_array_size(r->errors);
     if (n == 0) return;
+    if (r->errors_omitted) {
+        const json_t *e = json_array_get(r->errors, 0);
+        char loc[256];
+        js_loc_str(json_object_get(e, "loc"), loc, sizeof loc);
+        snprintf(r->detail, sizeof r->detail, "%s%s%s (and %zu more errors; the first %zu are listed)", loc,
+                 loc[0] ? " " : "", json_string_value(json_object_get(e, "msg")), n - 1 + r->errors_omitted,
+                 n);
+        return;
+    }
     const json_t *e = json_array_get(r->errors, 0);
     char loc[256];
     js_loc_str(json_object_get(e, "loc"), loc, sizeof loc);
@@ -1146,4 +1161,67 @@ void js_result_free(js_result *r) {
     json_decref(r->job);
     json_decref(r->refs);
     r->errors = r->job = r->refs = NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * the secret filter */
+
+int js_secret_name(const char *name) {
+    static const char *const EXACT[] = {"auth",    "authorization", "credentials", "credential",
+                                        "cookie",  "setcookie",     "passphrase",  "apikey",
+                                        "xapikey", "privatekey",    NULL};
+    static const char *const SUFFIX[] = {"token",      "secret",      "password",      "passwd",
+                                         "apikey",     "privatekey",  "accesskey",     "secretkey",
+                                         "credential", "credentials", "authorization", NULL};
+    char norm[128];
+    size_t n = 0;
+    for (const char *p = name; *p && n + 1 < sizeof norm; p++) {
+        char c = *p;
+        if (c == '-' || c == '_' || c == '.' || c == ' ') continue;
+        norm[n++] = (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    }
+    norm[n] = '\0';
+    for (int i = 0; EXACT[i]; i++)
+        if (!strcmp(norm, EXACT[i])) return 1;
+    for (int i = 0; SUFFIX[i]; i++) {
+        size_t m = strlen(SUFFIX[i]);
+        if (n >= m && !strcmp(norm + n - m, SUFFIX[i])) return 1;
+    }
+    return 0;
+}
+
+static int secret_value(const json_t *v) {
+    const char *s = json_string_value(v);
+    if (!s) return 0;
+    while (*s == ' ')
+        s++;
+    return !strncasecmp(s, "bearer ", 7) || !strncasecmp(s, "basic ", 6);
+}
+
+int js_redact_secrets(json_t *v) {
+    int n = 0;
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *m;
+        void *tmp;
+        json_object_foreach_safe(v, tmp, k, m) {
+            if (js_secret_name(k) || secret_value(m)) {
+                json_object_del(v, k);
+                n++;
+            } else {
+                n += js_redact_secrets(m);
+            }
+        }
+    } else if (json_is_array(v)) {
+        for (size_t i = json_array_size(v); i-- > 0;) {
+            json_t *m = json_array_get(v, i);
+            if (secret_value(m)) {
+                json_array_remove(v, i);
+                n++;
+            } else {
+                n += js_redact_secrets(m);
+            }
+        }
+    }
+    return n;
 }

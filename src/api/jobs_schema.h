@@ -42,7 +42,10 @@ typedef struct js_ctx {
 typedef struct js_result {
     int status;        /* 0 valid; 422 schema/rule errors; 404 unresolved reference; else a resolver code */
     char detail[1024]; /* one line: "config.batch_size must be >= 1" (first error, and how many more) */
-    json_t *errors;    /* array of {"loc": [...], "msg": str, "type": str}; empty when status is 0 */
+    json_t *errors;    /* array of {"loc": [...], "msg": str, "type": str}; empty when status is 0. At most
+                          JS_ERRORS_MAX items: the rest are only counted (errors_omitted) and the detail
+                          says how many there were in all */
+    size_t errors_omitted;
     /* On success only (else NULL): the job's fields that come from the body, as SPEC §4.2 names them:
      * backend, trainer_type, algorithm, model, name, project_ref, run_ref, dataset_ref,
      * trajectory_dataset_refs, task_ref ("name@version"), world_manifest_id, world_runtime_id,
@@ -51,6 +54,9 @@ typedef struct js_result {
     json_t *job;
     json_t *refs; /* on success: [{"kind", "name", "version"}], each resolved reference once */
 } js_result;
+
+/* The most error items a result lists (a body with 50,000 unknown keys must not become a 4 MB answer). */
+#define JS_ERRORS_MAX 100
 
 /* Validates `body` (any JSON value) and, when ctx->res is set, resolves its references. Always fills *out
  * (free it with js_result_free); returns out->status. */
@@ -63,5 +69,15 @@ int js_is_reward_recipe(const char *name);
 /* Renders a loc array as "config.trajectory_dataset_refs[0].name" (the leading "body"/"query"/... dropped)
  * into out (always NUL-terminated). */
 void js_loc_str(const json_t *loc, char *out, size_t out_len);
+/* The secret filter for free-form JSON that is stored and shown again (progress-event data and artifacts):
+ * drops every member whose name looks like a credential, at any depth (objects in objects, objects in
+ * arrays), and any string that carries an HTTP credential ("Bearer ...", "Basic ..."), object member or
+ * array item. Names are compared case-insensitively with '-', '_', '.' and spaces ignored: auth, apiKey,
+ * api-key, x-api-key, authorization, credentials, cookie, set-cookie, passphrase, private_key, and anything
+ * ending in token, secret, password, passwd, apikey, privatekey, accesskey, secretkey, credential(s) or
+ * authorization (access_token, client_secret, AWS_SECRET_ACCESS_KEY). Returns the number dropped. */
+int js_redact_secrets(json_t *v);
+/* 1 when a member name is one the secret filter redacts. */
+int js_secret_name(const char *name);
 
 #endif

@@ -14,6 +14,8 @@
  * last log seq) every 250 ms: one indexed SELECT, cheap next to a training step, and it keeps the stream
  * independent of which process (API server, in-process worker, remote worker) changed the job. */
 #include <assert.h>
+#include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -397,10 +399,13 @@ static int h_artifacts(api_req *req, api_resp *resp) {
 /* ---------------------------------------------------------------------------------------------------------
  * E8: catalog */
 
+/* A finite decimal number: "1e400" (overflow), "inf", "nan" and hex floats are refused. */
 static int parse_num(const char *s, double *out) {
     char *end;
+    if (strpbrk(s, "xXnNiI")) return -1;
+    errno = 0;
     *out = strtod(s, &end);
-    return *s && !*end && *out == *out ? 0 : -1;
+    return *s && !*end && errno == 0 && isfinite(*out) ? 0 : -1;
 }
 
 static int h_catalog(api_req *req, api_resp *resp) {
@@ -419,7 +424,7 @@ static int h_catalog(api_req *req, api_resp *resp) {
         const char *v = api_query(req, BOUND_NAMES[i]);
         if (v && *v && (parse_num(v, &bounds[i]) || bounds[i] < 0))
             api_verr_add(errors, api_loc("query", BOUND_NAMES[i], NULL), "type_error",
-                         "must be a number >= 0 (billions of parameters)");
+                         "must be a finite number >= 0 (billions of parameters)");
     }
     if (json_array_size(errors)) {
         api_validation_error(resp, errors);
@@ -535,24 +540,6 @@ static int h_rl_context(api_req *req, api_resp *resp) {
 /* ---------------------------------------------------------------------------------------------------------
  * E10: progress */
 
-/* Drops members that look like secrets (tokens, passwords, keys) so they are never stored or echoed. */
-static void strip_secrets(json_t *obj) {
-    static const char *const SUFFIXES[] = {"token", "secret", "password", "api_key", NULL};
-    const char *k;
-    json_t *v;
-    void *tmp;
-    json_object_foreach_safe(obj, tmp, k, v) {
-        size_t n = strlen(k);
-        for (int i = 0; SUFFIXES[i]; i++) {
-            size_t m = strlen(SUFFIXES[i]);
-            if (n >= m && strcasecmp(k + n - m, SUFFIXES[i]) == 0) {
-                json_object_del(obj, k);
-                break;
-            }
-        }
-    }
-}
-
 /* The E10 body {event_type, message, level, metrics, data, artifacts, error}: errors into `errors`. */
 static void validate_event(const json_t *b, json_t *errors) {
     static const char *const KEYS[] = {"event_type", "message",   "level", "metrics",
@@ -614,8 +601,9 @@ static int h_progress(api_req *req, api_resp *resp) {
     }
     json_decref(errors);
     json_t *ev = json_deep_copy(b);
-    if (json_is_object(json_object_get(ev, "artifacts"))) strip_secrets(json_object_get(ev, "artifacts"));
-    if (json_is_object(json_object_get(ev, "data"))) strip_secrets(json_object_get(ev, "data"));
+    /* Credentials a reporter put in data or artifacts are never stored or shown (jobs_schema.h). */
+    js_redact_secrets(json_object_get(ev, "data"));
+    js_redact_secrets(json_object_get(ev, "artifacts"));
     json_t *job = NULL;
     lt_err err = {0};
     /* the job must be in this workspace */

@@ -1,11 +1,18 @@
 /* server.c: the HTTP server: libmicrohttpd with a thread pool, the router, the request pipeline, streaming
  * responses, background threads and graceful shutdown (see http.h for the pipeline's order).
  *
+ * Connections. lathe owns the listening socket: the gate (gate.c) accepts, checks each connection's first
+ * request head (so that malformed or ambiguous requests get the error envelope, not libmicrohttpd's HTML)
+ * and hands the connection to libmicrohttpd with MHD_add_connection. Every request, first or kept-alive,
+ * also goes through strict_head below (duplicate Content-Length, Host, query bytes).
+ *
  * Threads. libmicrohttpd runs MHD_OPTION_THREAD_POOL_SIZE polling threads (epoll where available); each
  * owns a share of the connections and calls our access handler for them. Handlers run on those threads,
  * so they must not block for long: database work is fine, training is not. Streaming responses (SSE) get
  * a producer thread each: the producer writes into a buffer, and the connection is suspended while the
- * buffer is empty (resumed by the next write), so a quiet stream costs no polling thread at all.
+ * buffer is empty (resumed by the next write), so a quiet stream costs no polling thread at all. Since the
+ * producers are threads, open streams are capped (cfg max_streams in all, max_streams_per_key per API key;
+ * more get a 429 naming the limit), and a slot frees once the client has gone and the producer returned.
  *
  * A request's life. libmicrohttpd calls the access handler several times per request: first with the
  * headers (we allocate the request state, pick the request id, match the route, and check what headers
@@ -29,6 +36,7 @@
 #include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -36,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <malloc.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -58,6 +67,8 @@
     ((uint64_t)64 << 20) /* read-and-discard bodies up to this size before an early answer                   \
                           */
 #define STREAM_HIGH_WATER ((size_t)1 << 20)
+#define MHD_MEMORY_LIMIT ((size_t)64 << 10) /* per connection; above the gate's head limits */
+#define BIG_REQUEST ((uint64_t)256 << 10)   /* bodies from this size on are followed by malloc_trim */
 #define SHUTDOWN_WAIT_S 30.0
 
 /* ---- the router ---- */
@@ -114,6 +125,8 @@ struct api_server {
     api_router *router;
     api_ratelimit *rl;
     struct MHD_Daemon *mhd;
+    int listen_fd; /* ours, not libmicrohttpd's: the gate accepts (gate.c) */
+    api_gate *gate;
     char host[128];
     int port;
     char *db_url, *models_dir, *tmp_dir;
@@ -138,6 +151,7 @@ struct api_stream {
     void (*free_arg)(void *);
     api_server *srv;
     char request_id[API_REQUEST_ID_MAX];
+    char key_id[LT_UUID_LEN]; /* the API key that opened it ("" on public routes), for the per-key cap */
     struct api_stream *next, *prev;
 };
 
@@ -621,6 +635,8 @@ static void add_header(struct MHD_Response *mr, const char *name, const char *va
     if (MHD_add_response_header(mr, name, value) != MHD_YES) lt_log(LOG_WARN, "cannot add header %s", name);
 }
 
+static api_stream *stream_open(req_state *rs, struct MHD_Connection *conn);
+
 /* Sends rs->resp: converts it to a libmicrohttpd response, adds the headers, queues it, counts it. */
 static enum MHD_Result respond(req_state *rs, struct MHD_Connection *conn) {
     api_server *srv = rs->srv;
@@ -629,37 +645,26 @@ static enum MHD_Result respond(req_state *rs, struct MHD_Connection *conn) {
         api_error(r, 500, "internal_error", "internal error (request %s)", rs->req.request_id);
     struct MHD_Response *mr = NULL;
     api_stream *stream = NULL;
+    if (r->kind == RESP_STREAM) stream = stream_open(rs, conn);
     switch (r->kind) {
     case RESP_FILE:
         mr = MHD_create_response_from_fd64(r->fd_size, r->fd);
         if (mr) r->fd = -1; /* libmicrohttpd closes it */
         break;
-    case RESP_STREAM: {
-        stream = calloc(1, sizeof *stream);
-        if (!stream) abort();
-        pthread_mutex_init(&stream->mu, NULL);
-        cond_init_mono(&stream->cv);
-        stream->refs = 2; /* the libmicrohttpd response and the producer thread */
-        stream->conn = conn;
-        stream->fn = r->stream_fn;
-        stream->arg = r->stream_arg;
-        stream->free_arg = r->stream_free;
-        stream->srv = srv;
-        snprintf(stream->request_id, sizeof stream->request_id, "%s", rs->req.request_id);
-        r->stream_fn = NULL;
-        r->stream_arg = NULL;
-        r->stream_free = NULL;
+    case RESP_STREAM:
         mr = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, stream,
                                                stream_response_free);
-        if (!mr) {
+        if (!mr) { /* nobody else knows the stream yet: drop both references */
             if (stream->free_arg) stream->free_arg(stream->arg);
-            pthread_mutex_destroy(&stream->mu);
-            pthread_cond_destroy(&stream->cv);
-            free(stream);
+            stream->free_arg = NULL;
+            stream->refs = 1;
+            stream_release(stream);
             stream = NULL;
+            pthread_mutex_lock(&srv->streams_mu);
+            srv->producers--;
+            pthread_mutex_unlock(&srv->streams_mu);
         }
         break;
-    }
     default:
         if (r->body && r->body_len) {
             mr = MHD_create_response_from_buffer(r->body_len, r->body, MHD_RESPMEM_MUST_FREE);
@@ -691,12 +696,6 @@ static enum MHD_Result respond(req_state *rs, struct MHD_Connection *conn) {
     lt_log(status >= 500 ? LOG_ERROR : LOG_INFO, "%s %s %d %.1fms%s", rs->method, rs->path, status, dt * 1000,
            stream ? " (stream)" : "");
     if (stream) {
-        pthread_mutex_lock(&srv->streams_mu);
-        stream->next = srv->streams;
-        if (srv->streams) srv->streams->prev = stream;
-        srv->streams = stream;
-        srv->producers++;
-        pthread_mutex_unlock(&srv->streams_mu);
         pthread_t t;
         pthread_attr_t a;
         pthread_attr_init(&a);
@@ -718,6 +717,65 @@ static enum MHD_Result respond(req_state *rs, struct MHD_Connection *conn) {
     return ret;
 }
 
+/* Admits a stream under the caps and registers it (in the live list, counted as a running producer, with
+ * the two references of the libmicrohttpd response and the producer thread); the caller starts the
+ * producer. Past a cap the response becomes the 429 instead and NULL is returned. */
+static api_stream *stream_open(req_state *rs, struct MHD_Connection *conn) {
+    api_server *srv = rs->srv;
+    api_resp *r = &rs->resp;
+    const char *key = rs->req.principal.authenticated ? rs->req.principal.key.id : "";
+    int max_all = srv->cfg.max_streams > 0 ? srv->cfg.max_streams : API_DEFAULT_MAX_STREAMS;
+    int max_key =
+        srv->cfg.max_streams_per_key > 0 ? srv->cfg.max_streams_per_key : API_DEFAULT_MAX_STREAMS_PER_KEY;
+    pthread_mutex_lock(&srv->streams_mu);
+    int all = 0, mine = 0;
+    for (api_stream *s = srv->streams; s; s = s->next) {
+        all++;
+        if (key[0] && !strcmp(s->key_id, key)) mine++;
+    }
+    if (all >= max_all || (key[0] && mine >= max_key)) {
+        pthread_mutex_unlock(&srv->streams_mu);
+        if (r->stream_free) r->stream_free(r->stream_arg);
+        r->stream_free = NULL;
+        r->stream_arg = NULL;
+        api_resp_clear(r, 0);
+        if (all >= max_all)
+            api_error(r, 429, "rate_limited",
+                      "too many open event streams on this server (limit %d, --max-streams / "
+                      "LATHE_MAX_STREAMS); close one and retry",
+                      max_all);
+        else
+            api_error(r, 429, "rate_limited",
+                      "this API key has %d event streams open (limit %d per key, --max-streams-per-key / "
+                      "LATHE_MAX_STREAMS_PER_KEY); close one and retry",
+                      mine, max_key);
+        api_header_add(r, "Retry-After", "5");
+        lt_log(LOG_WARN, "event stream refused: %d open in all, %d for this key", all, mine);
+        return NULL;
+    }
+    api_stream *stream = calloc(1, sizeof *stream);
+    if (!stream) abort();
+    pthread_mutex_init(&stream->mu, NULL);
+    cond_init_mono(&stream->cv);
+    stream->refs = 2;
+    stream->conn = conn;
+    stream->fn = r->stream_fn;
+    stream->arg = r->stream_arg;
+    stream->free_arg = r->stream_free;
+    stream->srv = srv;
+    snprintf(stream->request_id, sizeof stream->request_id, "%s", rs->req.request_id);
+    snprintf(stream->key_id, sizeof stream->key_id, "%s", key);
+    r->stream_fn = NULL;
+    r->stream_arg = NULL;
+    r->stream_free = NULL;
+    stream->next = srv->streams;
+    if (srv->streams) srv->streams->prev = stream;
+    srv->streams = stream;
+    srv->producers++;
+    pthread_mutex_unlock(&srv->streams_mu);
+    return stream;
+}
+
 static void set_error_for_status(req_state *rs, int status) {
     api_resp *r = &rs->resp;
     if (status == 404) {
@@ -730,6 +788,86 @@ static void set_error_for_status(req_state *rs, int status) {
         api_error(r, 413, "payload_too_large",
                   "request body is larger than the limit of %llu bytes for this route",
                   (unsigned long long)rs->max_body);
+    }
+}
+
+/* ---- strict request checks (headers and query, before routing decides anything) ---- */
+
+typedef struct head_scan {
+    int content_length, transfer_encoding, host;
+    char bad_query[64]; /* name of the first query parameter with a NUL or control byte */
+} head_scan;
+
+static int bytes_clean(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f) return 0;
+    }
+    return lt_utf8_valid(s, n);
+}
+
+static enum MHD_Result head_scan_kv(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                    const char *value, size_t value_size) {
+    head_scan *h = cls;
+    if (kind == MHD_HEADER_KIND) {
+        if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) h->content_length++;
+        if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) h->transfer_encoding++;
+        if (!strcasecmp(key, MHD_HTTP_HEADER_HOST)) h->host++;
+    } else if (kind == MHD_GET_ARGUMENT_KIND && !h->bad_query[0]) {
+        if (!bytes_clean(key, key_size))
+            snprintf(h->bad_query, sizeof h->bad_query, "(a parameter name)");
+        else if (value && !bytes_clean(value, value_size))
+            snprintf(h->bad_query, sizeof h->bad_query, "%.48s", key);
+    }
+    return MHD_YES;
+}
+
+/* What the headers alone make unacceptable whatever the route: a request that two parties could frame
+ * differently (two Content-Length headers, Content-Length with Transfer-Encoding: request smuggling behind a
+ * proxy), HTTP/1.1 without exactly one Host, and query parameters with NUL or control bytes or invalid
+ * UTF-8 (they would be cut short or reach the store). 0, or -1 with a 400 in rs->resp (the connection is
+ * closed after it: its framing cannot be trusted). */
+static int strict_head(req_state *rs, struct MHD_Connection *conn, const char *version) {
+    head_scan h;
+    memset(&h, 0, sizeof h);
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND | MHD_GET_ARGUMENT_KIND, head_scan_kv, &h);
+    const char *why = NULL;
+    char buf[256];
+    if (h.content_length > 1)
+        why = "the request has more than one Content-Length header; send exactly one";
+    else if (h.content_length && h.transfer_encoding)
+        why = "the request has both Content-Length and Transfer-Encoding; send only one of them";
+    else if (h.transfer_encoding > 1)
+        why = "the request has more than one Transfer-Encoding header; send exactly one";
+    else if (version && !strcmp(version, MHD_HTTP_VERSION_1_1) && h.host != 1)
+        why = h.host ? "the request has more than one Host header; send exactly one"
+                     : "an HTTP/1.1 request needs a Host header";
+    else if (h.bad_query[0]) {
+        snprintf(buf, sizeof buf,
+                 "query parameter '%s' contains a NUL or control character or invalid UTF-8; "
+                 "percent-encode only printable UTF-8",
+                 h.bad_query);
+        why = buf;
+    }
+    if (!why) return 0;
+    api_error(&rs->resp, 400, "bad_request", "%s", why);
+    api_header_add(&rs->resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    return -1;
+}
+
+/* The charset parameter of a Content-Type ("" when there is none). */
+static void content_type_charset(const char *ct, char *out, size_t cap) {
+    out[0] = '\0';
+    for (const char *p = ct ? strchr(ct, ';') : NULL; p; p = strchr(p + 1, ';')) {
+        const char *q = p + 1;
+        while (*q == ' ' || *q == '\t')
+            q++;
+        if (strncasecmp(q, "charset=", 8) != 0) continue;
+        q += 8;
+        if (*q == '"') q++;
+        size_t n = strcspn(q, "\"; \t");
+        snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), q);
+        return;
     }
 }
 
@@ -810,6 +948,15 @@ static void pipeline(req_state *rs) {
                       req->content_type ? req->content_type : "no Content-Type");
             return;
         }
+        char charset[32];
+        content_type_charset(req->content_type, charset, sizeof charset);
+        if (charset[0] && strcasecmp(charset, "utf-8") != 0 && strcasecmp(charset, "utf8") != 0) {
+            api_error(resp, 400, "bad_request",
+                      "the body must be UTF-8 JSON: Content-Type charset '%s' is not supported (send "
+                      "charset=utf-8 or no charset)",
+                      charset);
+            return;
+        }
         if (!lt_utf8_valid(rs->body.buf, rs->body.len)) {
             api_error(resp, 400, "bad_request", "the body is not valid UTF-8");
             return;
@@ -874,7 +1021,6 @@ static void consume_body(req_state *rs, const char *data, size_t n) {
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version, const char *upload_data,
                                       size_t *upload_data_size, void **con_cls) {
-    (void)version;
     api_server *srv = cls;
     req_state *rs = *con_cls;
     if (!rs) {
@@ -912,6 +1058,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         rs->max_body = rs->route && rs->route->max_body ? rs->route->max_body : srv->cfg.max_body;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         uint64_t content_length = cl ? strtoull(cl, NULL, 10) : 0;
+        if (strict_head(rs, conn, version) != 0) rs->early_status = -1;
         if (!rs->early_status && content_length > rs->max_body) rs->early_status = 413;
         if (!rs->early_status && admit(rs) != 0) rs->early_status = -1;
         if (rs->early_status) {
@@ -976,7 +1123,11 @@ static void request_completed(void *cls, struct MHD_Connection *conn, void **con
         free(rs->spool_path);
     }
     free(rs->path);
+    /* A big body leaves its pages with the allocator (the body, the parsed JSON, the answer): hand them back
+     * to the system, or a burst of large requests keeps the peak RSS for good. */
+    int big = rs->received >= BIG_REQUEST;
     free(rs);
+    if (big) malloc_trim(0);
     pthread_mutex_lock(&srv->streams_mu);
     atomic_fetch_sub(&srv->inflight, 1);
     pthread_cond_broadcast(&srv->streams_cv);
@@ -1074,6 +1225,22 @@ bad:
                       "listen address '%.100s' is not HOST:PORT (e.g. 127.0.0.1:8080; port 0 = any free)", s);
 }
 
+/* A non-blocking listening socket on ai's address; -1 on failure (errno set). */
+static int listen_socket(const struct addrinfo *ai) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 512) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 static void server_free(api_server *srv) {
     if (!srv) return;
     router_free(srv->router);
@@ -1115,6 +1282,7 @@ api_server *api_server_start(const api_config *cfg, lt_err *err) {
         return NULL;
     }
     srv->cfg = *cfg;
+    srv->listen_fd = -1;
     pthread_mutex_init(&srv->priv.mu, NULL);
     cond_init_mono(&srv->priv.cv);
     pthread_mutex_init(&srv->streams_mu, NULL);
@@ -1203,23 +1371,39 @@ api_server *api_server_start(const api_config *cfg, lt_err *err) {
         api_server_stop(srv);
         return NULL;
     }
-    unsigned flags =
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    srv->mhd =
-        MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, access_handler, srv, MHD_OPTION_EXTERNAL_LOGGER,
-                         mhd_log, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
-                         (unsigned)srv->cfg.threads, MHD_OPTION_NOTIFY_COMPLETED, request_completed, srv,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300, MHD_OPTION_END);
+    srv->listen_fd = listen_socket(ai);
     freeaddrinfo(ai);
-    if (!srv->mhd) {
+    if (srv->listen_fd < 0) {
         lt_err_set(err, 500, "cannot listen on %s: the address is in use or not available here",
                    srv->cfg.listen);
         api_server_stop(srv);
         return NULL;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    srv->port = info ? info->port : port;
+    /* libmicrohttpd gets its connections from the gate (gate.c); its connection memory stays above the
+     * gate's head limits, so that a head the gate passed is never refused with libmicrohttpd's own page. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    srv->mhd =
+        MHD_start_daemon(flags, 0, NULL, NULL, access_handler, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.threads, MHD_OPTION_NOTIFY_COMPLETED,
+                         request_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, MHD_MEMORY_LIMIT, MHD_OPTION_END);
+    if (!srv->mhd) {
+        lt_err_set(err, 500, "cannot start the HTTP server on %s", srv->cfg.listen);
+        api_server_stop(srv);
+        return NULL;
+    }
+    srv->gate = api_gate_start(srv->listen_fd, srv->mhd, err);
+    if (!srv->gate) {
+        api_server_stop(srv);
+        return NULL;
+    }
+    struct sockaddr_storage sa;
+    socklen_t salen = sizeof sa;
+    srv->port = port;
+    if (getsockname(srv->listen_fd, (struct sockaddr *)&sa, &salen) == 0)
+        srv->port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                                   : ((struct sockaddr_in *)&sa)->sin_port);
     return srv;
 }
 
@@ -1243,9 +1427,11 @@ void api_server_stop(api_server *srv) {
     pthread_cond_broadcast(&srv->priv.cv);
     pthread_mutex_unlock(&srv->priv.mu);
     if (srv->mhd) {
-        /* 2. Stop accepting. */
-        MHD_socket ls = MHD_quiesce_daemon(srv->mhd);
-        if (ls != MHD_INVALID_SOCKET) close(ls);
+        /* 2. Stop accepting: the gate goes, with the connections still waiting at it. */
+        api_gate_stop(srv->gate);
+        srv->gate = NULL;
+        if (srv->listen_fd >= 0) close(srv->listen_fd);
+        srv->listen_fd = -1;
         /* 3. End the streams, then 4. wait for in-flight requests and producers. */
         double deadline = lt_mono_s() + SHUTDOWN_WAIT_S;
         pthread_mutex_lock(&srv->streams_mu);
@@ -1270,6 +1456,10 @@ void api_server_stop(api_server *srv) {
         MHD_stop_daemon(srv->mhd);
         srv->mhd = NULL;
     }
+    api_gate_stop(srv->gate); /* a start that failed after the gate */
+    srv->gate = NULL;
+    if (srv->listen_fd >= 0) close(srv->listen_fd);
+    srv->listen_fd = -1;
     /* 5. Background threads. */
     pthread_mutex_lock(&srv->priv.mu);
     spawned *threads = srv->priv.threads;

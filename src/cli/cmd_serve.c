@@ -60,6 +60,9 @@ static serve_opt OPTS[] = {
     {"--worlds-url", "LATHE_WORLDS_URL", OPT_STR, "(none)",
      "environment (Worlds) backend for RL world_* fields", NULL},
     {"--threads", "LATHE_HTTP_THREADS", OPT_INT, "8", "HTTP worker threads", NULL},
+    {"--max-streams", "LATHE_MAX_STREAMS", OPT_INT, "64", "open event streams in all (more: 429)", NULL},
+    {"--max-streams-per-key", "LATHE_MAX_STREAMS_PER_KEY", OPT_INT, "8",
+     "open event streams per API key (more: 429)", NULL},
     {"--train-threads", "LATHE_TRAIN_THREADS", OPT_INT, "cores / workers", "engine threads per training job",
      NULL},
     /* upload limits: read by the artifact routes from the environment (routes_artifacts.c) */
@@ -294,6 +297,12 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(o->flag, "--threads")) {
             bad = parse_int(src, 1, 1024, &v);
             cfg.threads = (int)v;
+        } else if (!strcmp(o->flag, "--max-streams")) {
+            bad = parse_int(src, 1, 100000, &v);
+            cfg.max_streams = (int)v;
+        } else if (!strcmp(o->flag, "--max-streams-per-key")) {
+            bad = parse_int(src, 1, 100000, &v);
+            cfg.max_streams_per_key = (int)v;
         } else if (!strcmp(o->flag, "--max-body"))
             bad = parse_size(src, &cfg.max_body);
         else if (!strcmp(o->flag, "--rate-limit")) {

@@ -369,6 +369,103 @@ static int group_teardown(void **state) {
     return 0;
 }
 
+/* errors[] holds at most API_ERRORS_MAX items; the detail counts all of them. */
+static void test_validation_errors_capped(void **state) {
+    (void)state;
+    api_resp r;
+    memset(&r, 0, sizeof r);
+    r.fd = -1;
+    json_t *obj = json_object();
+    for (int i = 0; i < 5000; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "k%d", i);
+        json_object_set_new(obj, k, json_true());
+    }
+    const char *allowed[] = {"name", NULL};
+    json_t *errors = json_array(), *prefix = api_loc("body", NULL);
+    assert_int_equal(api_verr_extra_fields(errors, obj, allowed, prefix), 5000);
+    assert_true(json_array_size(errors) <= API_ERRORS_MAX + 1);
+    api_validation_error(&r, errors);
+    json_t *j = resp_json(&r);
+    assert_int_equal(json_array_size(json_object_get(j, "errors")), API_ERRORS_MAX);
+    const char *d = json_string_value(json_object_get(j, "detail"));
+    assert_non_null(strstr(d, "(and 4999 more errors; the first 100 are listed)"));
+    json_t *last = json_array_get(json_object_get(j, "errors"), API_ERRORS_MAX - 1);
+    assert_int_equal(json_object_size(last), 3); /* loc, msg, type: the private count item is gone */
+    json_decref(j);
+    /* api_error_with says how many were left out. */
+    errors = json_array();
+    for (int i = 0; i < 150; i++)
+        api_verr_add(errors, api_loc("body", "x", NULL), "missing", "is required");
+    api_error_with(&r, 404, "not_found", errors, "not found");
+    j = resp_json(&r);
+    assert_int_equal(json_array_size(json_object_get(j, "errors")), API_ERRORS_MAX);
+    assert_string_equal(json_string_value(json_object_get(j, "detail")),
+                        "not found (50 more errors not listed)");
+    json_decref(j);
+    json_decref(prefix);
+    json_decref(obj);
+    api_resp_clear(&r, 0);
+}
+
+typedef struct gate_case {
+    const char *bytes;
+    int complete;
+    int want; /* API_GATE_PASS, API_GATE_MORE or a status */
+} gate_case;
+
+static void test_gate_inspect(void **state) {
+    (void)state;
+    static const gate_case cases[] = {
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 0, API_GATE_PASS},
+        {"\r\nGET / HTTP/1.0\r\n\r\n", 0, API_GATE_PASS},
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\n", 0, API_GATE_MORE},
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\n", 1, 400},
+        {"GET /heal", 0, API_GATE_MORE},
+        {"", 0, API_GATE_MORE},
+        {"GET / HTTP/1.1\r\n\r\n", 0, 400},                       /* no Host */
+        {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 0, 400}, /* two Hosts */
+        {"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0, 505},
+        {"GET / HTTP/9.9\r\nHost: x\r\n\r\n", 0, 505},
+        {"GET / HTTQ/1.1\r\nHost: x\r\n\r\n", 0, 400},
+        {"\x16\x03\x01\x02\x00", 0, 400}, /* a TLS hello */
+        {"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 0, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 0, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", 0, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n", 0, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n", 0, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", 0, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 0, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 0, 400},
+        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n12345678901234567\r\n", 0, 413},
+        {"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1a;x=y\r\n", 0, API_GATE_PASS},
+        {"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", 0, API_GATE_PASS},
+        {"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 0, 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", 0, 400},
+        {"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n", 0, 400},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        api_gate_verdict v;
+        int r = api_gate_inspect(cases[i].bytes, strlen(cases[i].bytes), cases[i].complete, &v);
+        if (r != cases[i].want)
+            fail_msg("case %zu (%s): got %d (%s), want %d", i, cases[i].bytes, r, v.detail, cases[i].want);
+        if (r >= 400) assert_true(v.status == r && v.detail[0]);
+    }
+    /* Size limits: 414 for the target, 431 for the header section, decided before the head is complete. */
+    strbuf sb = STRBUF_INIT;
+    sb_puts(&sb, "GET /");
+    for (int i = 0; i < API_GATE_URI_MAX + 10; i++)
+        sb_putc(&sb, 'a');
+    api_gate_verdict v;
+    assert_int_equal(api_gate_inspect(sb.buf, sb.len, 0, &v), 414);
+    sb_reset(&sb);
+    sb_puts(&sb, "GET / HTTP/1.1\r\nHost: x\r\n");
+    while (sb.len < API_GATE_HEAD_MAX + 100)
+        sb_puts(&sb, "X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    assert_int_equal(api_gate_inspect(sb.buf, sb.len, 0, &v), 431);
+    sb_free(&sb);
+}
+
 static void test_handler_without_answer_is_500(void **state) {
     live *l = *state;
     char url[128];
@@ -534,6 +631,8 @@ int main(void) {
         cmocka_unit_test(test_config_parsers),
         cmocka_unit_test(test_ratelimit_synthetic_clock),
         cmocka_unit_test(test_validation_rendering),
+        cmocka_unit_test(test_validation_errors_capped),
+        cmocka_unit_test(test_gate_inspect),
         cmocka_unit_test(test_handler_without_answer_is_500),
         cmocka_unit_test(test_sse_stream),
         cmocka_unit_test(test_raw_upload_spooled),

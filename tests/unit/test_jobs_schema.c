@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "api/jobs_schema.h"
+#include "util/strbuf.h"
 
 /* ---- the registry behind the resolver ---- */
 
@@ -774,6 +775,75 @@ static int teardown(void **state) {
     return 0;
 }
 
+/* 50,000 unknown keys: at most JS_ERRORS_MAX items, the detail counts all of them. */
+static void test_errors_capped(void **state) {
+    (void)state;
+    strbuf sb = STRBUF_INIT;
+    sb_puts(&sb, "{\"backend\":\"tinker\",\"trainer_type\":\"sft\",\"model\":\"tiny\"");
+    for (int i = 0; i < 50000; i++)
+        sb_printf(&sb, ",\"x%d\":1", i);
+    sb_puts(&sb, "}");
+    assert_int_equal(run_ctx(sb.buf, 0, 0), 422);
+    sb_free(&sb);
+    assert_int_equal(json_array_size(R.errors), JS_ERRORS_MAX);
+    assert_true(R.errors_omitted >= 50000 - JS_ERRORS_MAX);
+    char want[64];
+    snprintf(want, sizeof want, "(and %zu more errors; the first %d are listed)",
+             JS_ERRORS_MAX - 1 + R.errors_omitted, JS_ERRORS_MAX);
+    assert_non_null(strstr(R.detail, want));
+    /* Under the cap nothing changes. */
+    assert_int_equal(run("{\"backend\":\"tinker\",\"trainer_type\":\"sft\",\"a\":1,\"b\":2}"), 422);
+    assert_int_equal(R.errors_omitted, 0);
+    assert_null(strstr(R.detail, "listed"));
+}
+
+static void test_secret_filter(void **state) {
+    (void)state;
+    const char *secret_names[] = {"apiKey",
+                                  "api-key",
+                                  "X-API-Key",
+                                  "authorization",
+                                  "Authorization",
+                                  "credentials",
+                                  "secret",
+                                  "token",
+                                  "password",
+                                  "hf_token",
+                                  "client_secret",
+                                  "private_key",
+                                  "AWS_SECRET_ACCESS_KEY",
+                                  "access_token",
+                                  "Cookie",
+                                  "world_server_auth_token",
+                                  "db.password",
+                                  "passwd",
+                                  NULL};
+    for (int i = 0; secret_names[i]; i++)
+        if (!js_secret_name(secret_names[i])) fail_msg("%s should be filtered", secret_names[i]);
+    const char *plain[] = {"step",  "total_steps",       "tokens_per_s", "num_tokens",      "loss",
+                           "eta_s", "latest_checkpoint", "tokenizer",    "secretary_count", "author",
+                           NULL};
+    for (int i = 0; plain[i]; i++)
+        if (js_secret_name(plain[i])) fail_msg("%s should be kept", plain[i]);
+    json_t *v = json_loads("{\"step\":3,\"apiKey\":\"k1\",\"nested\":{\"Authorization\":\"x\",\"deep\":"
+                           "{\"x-api-key\":\"k2\",\"ok\":1}},\"list\":[{\"token\":\"t\",\"n\":2},\"Bearer "
+                           "abc\",\"fine\"],\"headers\":{\"h\":\"basic Zm9v\"},\"credentials\":{\"u\":1}}",
+                           0, NULL);
+    assert_non_null(v);
+    assert_int_equal(js_redact_secrets(v), 7);
+    json_t *want = json_loads("{\"step\":3,\"nested\":{\"deep\":{\"ok\":1}},\"list\":[{\"n\":2},\"fine\"],"
+                              "\"headers\":{}}",
+                              0, NULL);
+    if (!json_equal(v, want)) {
+        char *d = json_dumps(v, JSON_COMPACT);
+        fail_msg("filtered to %s", d);
+    }
+    assert_int_equal(js_redact_secrets(v), 0);
+    json_decref(v);
+    json_decref(want);
+    assert_int_equal(js_redact_secrets(NULL), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seed_body_schema),
@@ -802,6 +872,8 @@ int main(void) {
         cmocka_unit_test(test_resolution),
         cmocka_unit_test(test_schema_errors_before_resolution),
         cmocka_unit_test(test_loc_str),
+        cmocka_unit_test(test_errors_capped),
+        cmocka_unit_test(test_secret_filter),
     };
     return cmocka_run_group_tests_name("jobs_schema", tests, setup, teardown);
 }
