@@ -4,7 +4,15 @@
  * Options. A verb describes its options in a NULL-terminated lc_opt table. lc_args_parse appends the shared
  * connection options to it, walks argv once ("--name value" and "--name=value"), checks INT/NUM values
  * and stores pointers into argv (nothing is copied). The same table renders --help, so the help text cannot
- * drift from what is parsed.
+ * drift from what is parsed. Parse flags say what else holds: LC_NONEMPTY refuses empty values (a connection
+ * option is never allowed to be empty: `--org=` must not quietly mean the default org), LC_NO_JSON drops
+ * --json for commands without JSON output.
+ *
+ * Verb groups. lc_dispatch_group finds the verb as the first argument that is neither an option the whole
+ * group takes (its shared table, the connection options of a client group, --json, --help) nor the value of
+ * one, so those may come before the verb; then it parses the rest against the verb's own table plus the
+ * shared one. An option some other verb of the group takes is reported with that verb's name, which is what
+ * an operator who mixed up two verbs needs to read.
  *
  * Settings. The server URL, API key, org, workspace and project come, in rising priority, from built-in
  * defaults (http://127.0.0.1:8080, org "default", workspace "main"), the config file written by
@@ -822,13 +830,13 @@ static const lc_verb *find_verb(const lc_group *g, const char *name) {
     return NULL;
 }
 
-/* The verbs of g, other than `not`, whose own table has the option `opt` ("--name" or "--name=V"), as
+/* The verbs of g, other than `skip`, whose own table has the option `opt` ("--name" or "--name=V"), as
  * "a, b" into sb (empty when none). */
-static void verbs_taking(const lc_group *g, const lc_verb * not, const char *opt, strbuf *sb) {
+static void verbs_taking(const lc_group *g, const lc_verb *skip, const char *opt, strbuf *sb) {
     if (strncmp(opt, "--", 2)) return;
     size_t len = strcspn(opt + 2, "=");
     for (size_t i = 0; i < g->n; i++) {
-        if (&g->verbs[i] == not ) continue;
+        if (&g->verbs[i] == skip) continue;
         for (const lc_opt *o = g->verbs[i].opts; o && o->name; o++)
             if (strlen(o->name) == len && !strncmp(o->name, opt + 2, len)) {
                 sb_printf(sb, "%s%s", sb->len ? ", " : "", g->verbs[i].name);
