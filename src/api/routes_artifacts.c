@@ -4,12 +4,12 @@
  * A push is checked completely before anything is stored, in bounded memory whatever the archive holds: the
  * body (spooled to a file by the server) is scanned with the defensive reader of util/archive.h, which checks
  * every header against the upload limits and keeps only the manifest (and a capability's prompts) in memory;
- * the manifest is located and validated (util/manifest.h); an existing name@version is a 409 right there,
- * before any row is read; then, for datasets, a second pass streams each data file through the row parser
- * (train/rows.h: one row in memory at a time), so an accepted dataset is one a job can use. Only then is the
- * archive copied into the blob store and the version recorded. Errors answer 400 (not an archive, unsafe
- * entry), 413 (over a limit: the message names it), or 422 with loc ["archive", FILE, LINE] naming the
- * manifest key or the row to fix.
+ * the manifest is located and validated (util/manifest.h); an existing name@version is a 409 as soon as the
+ * scan has read the manifest (and again after validation), before any row is read; then, for datasets, a
+ * second pass streams each data file through the row parser (train/rows.h: one row in memory at a time), so
+ * an accepted dataset is one a job can use. Only then is the archive copied into the blob store and the
+ * version recorded. Errors answer 400 (not an archive, unsafe entry), 413 (over a limit: the message names
+ * it), or 422 with loc ["archive", FILE, LINE] naming the manifest key or the row to fix.
  *
  * Upload limits (LATHE_UPLOAD_*, also `lathe serve --upload-*` flags; read once at start, see
  * upload_limits_load): entries, bytes per file, unpacked bytes, expansion ratio, bytes per row, CSV columns,
@@ -232,6 +232,8 @@ static void inspected_free(inspected *x) {
 typedef struct want_ctx {
     const char *mfile;
     int capability;
+    const api_req *req;
+    const char *org_id, *kind;
 } want_ctx;
 
 static int ends_with(const char *s, const char *suffix) {
@@ -239,16 +241,48 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= m && !strcmp(s + n - m, suffix);
 }
 
+static int is_manifest_path(const want_ctx *w, const char *path);
+
 static int want_file(const char *path, void *ud) {
     const want_ctx *w = ud;
     const char *slash = strchr(path, '/');
     const char *rest = slash ? slash + 1 : path;
-    if (!strcmp(path, w->mfile) || (slash && !strcmp(rest, w->mfile))) return 1;
+    if (is_manifest_path(w, path)) return 1;
     if (!w->capability) return 0;
     const char *agents = !strncmp(path, "agents/", 7)            ? path
                          : slash && !strncmp(rest, "agents/", 7) ? rest
                                                                  : NULL;
     return agents && !strchr(agents + 7, '/') && (ends_with(agents, ".md") || ends_with(agents, ".txt"));
+}
+
+/* 1 when path is the kind's manifest at the root or one directory down (where archive_items_root looks). */
+static int is_manifest_path(const want_ctx *w, const char *path) {
+    const char *slash = strchr(path, '/');
+    return !strcmp(path, w->mfile) || (slash && !strcmp(slash + 1, w->mfile));
+}
+
+/* The earliest duplicate check: as soon as the scan has read the manifest, a name@version the org already has
+ * is a 409, before the rest of the archive is even read. A manifest that does not parse here is left to the
+ * full check after the scan, which reports it properly. */
+static int seen_file(const char *path, const unsigned char *data, size_t size, void *ud, lt_err *err) {
+    const want_ctx *w = ud;
+    if (!is_manifest_path(w, path)) return 0;
+    manifest_yaml doc = {NULL, NULL};
+    lt_err perr = {0};
+    if (manifest_yaml_parse((const char *)data, size, w->mfile, &doc, NULL, &perr) != 0) return 0;
+    const char *name = json_string_value(json_object_get(doc.root, "name"));
+    const char *version = json_string_value(json_object_get(doc.root, "version"));
+    int rc = 0;
+    artifact_version v;
+    if (name && version &&
+        artifacts_get(w->req->ctx->db, w->org_id, w->kind, name, version, &v, &perr) == 0) {
+        artifact_version_free(&v);
+        rc = lt_err_set(err, 409,
+                        "%s '%s' version %s already exists; versions are immutable, push a new version",
+                        w->kind, name, version);
+    }
+    manifest_yaml_free(&doc);
+    return rc;
 }
 
 /* One data file of a split, and where its bytes are in the archive. */
@@ -363,8 +397,8 @@ static int inspect(const api_req *req, const char *org_id, const char *kind, ins
     archive_items items = ARCHIVE_ITEMS_INIT;
     manifest_kind mk = manifest_kind_of(kind);
     const char *mfile = manifest_file_name(mk);
-    want_ctx wc = {mfile, mk == MANIFEST_CAPABILITY};
-    archive_want want = {want_file, &wc, MANIFEST_MAX_BYTES, MANIFESTS_MAX_BYTES};
+    want_ctx wc = {mfile, mk == MANIFEST_CAPABILITY, req, org_id, kind};
+    archive_want want = {want_file, &wc, MANIFEST_MAX_BYTES, MANIFESTS_MAX_BYTES, seen_file};
     if (archive_scan_file(req->body_path, &g_lim.arch, &want, &items, &err) != 0) {
         api_error_from(resp, &err);
         return -1;

@@ -298,6 +298,8 @@ static int read_file_data(struct archive *a, unpack_state *st, const char *path,
         if (!x->data) abort();
     }
     st->out->total += x->size;
+    if (keep && st->want && st->want->seen && st->want->seen(path, x->data, x->size, st->want->ud, err) != 0)
+        return -1;
     return 0;
 }
 

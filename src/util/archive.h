@@ -72,6 +72,10 @@ typedef struct archive_want {
     void *ud;
     size_t max_file;  /* one wanted file (413 above) */
     size_t max_total; /* every wanted file together (413 above) */
+    /* Optional (NULL = none): called as soon as a wanted file's bytes are in, in archive order; non-zero
+     * stops the scan with the callback's err (e.g. a 409 for a version that exists, before the rest is read).
+     */
+    int (*seen)(const char *path, const unsigned char *data, size_t size, void *ud, lt_err *err);
 } archive_want;
 
 /* Like archive_unpack_file, but only the wanted files get data; the others have data NULL and the size

@@ -41,7 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (write(fd, data, size) == (ssize_t)size) {
         char path[64];
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        archive_want want = {want_yaml, NULL, 4096, 16384};
+        archive_want want = {want_yaml, NULL, 4096, 16384, NULL};
         if (archive_scan_file(path, &lim, &want, &items, &err) == 0) {
             size_t total = 0;
             archive_stream_files(path, &lim, read_all, &total, &err);

@@ -279,10 +279,15 @@ def test_duplicate_version_before_rows(srv):
     small_tar_gz(p, {"dataset.yaml": "name: dup\nversion: 1.0.0\n", "train.jsonl": json.dumps(CHAT) + "\n"})
     assert push_file(srv, p).status_code == 201
     line = (json.dumps(CHAT) + "\n").encode()
+    # the manifest after the data: found by the scan, 409 before the rows (whose last one is bad) are read
     p2 = srv.work / "dup2.tgz"
-    big_tar_gz(p2, [manifest("dup"), ("train.jsonl", [(line * 1000, 600), (b"not json\n", 1)])])
+    big_tar_gz(p2, [("train.jsonl", [(line * 1000, 600), (b"not json\n", 1)]), manifest("dup")])
     body = hostile(srv, "duplicate_version", p2, 409, "already exists")
     assert "version 1.0.0" in body["detail"]
+    # the manifest first: 409 as soon as it is read, before the 3 GB entry behind it (a 413 otherwise)
+    p3 = srv.work / "dup3.tgz"
+    big_tar_gz(p3, [manifest("dup"), ("train.jsonl", [(line * 1000, 36000)])])
+    hostile(srv, "duplicate_version_3GB", p3, 409, "already exists")
 
 
 # ---- defect 5: wide CSV headers ----

@@ -433,6 +433,12 @@ static int on_file(const char *src, archive_stream *s, void *ud, lt_err *err) {
     return 0;
 }
 
+static int stop_at_manifest(const char *path, const unsigned char *data, size_t size, void *ud, lt_err *err) {
+    (void)ud;
+    assert_non_null(data);
+    return lt_err_set(err, 409, "%s seen (%zu bytes)", path, size);
+}
+
 /* archive_scan_file keeps only the wanted bytes (and their links' copies); archive_stream_files then hands
  * out every regular file's bytes in archive order, junk left out, and its limits apply to the bytes read. */
 static void test_scan_and_stream(void **state) {
@@ -446,7 +452,7 @@ static void test_scan_and_stream(void **state) {
     unsigned char *buf = build(e, N(e), 1, &len);
     char *path = write_tmp(buf, len);
     free(buf);
-    archive_want want = {want_yaml, NULL, 1024, 4096};
+    archive_want want = {want_yaml, NULL, 1024, 4096, NULL};
     archive_items it = ARCHIVE_ITEMS_INIT;
     lt_err err = {0};
     assert_int_equal(archive_scan_file(path, NULL, &want, &it, &err), 0);
@@ -495,6 +501,14 @@ static void test_scan_and_stream(void **state) {
     assert_int_equal(err.code, 413);
     if (!strstr(err.msg, "manifests and prompts together are over the limit of 12 bytes"))
         fail_msg("%s", err.msg);
+    assert_null(it.v);
+
+    /* the seen callback gets each wanted file as soon as it is read, and can stop the scan */
+    want.max_total = 4096;
+    want.seen = stop_at_manifest;
+    assert_int_equal(archive_scan_file(path, NULL, &want, &it, &err), -1);
+    assert_int_equal(err.code, 409);
+    assert_string_equal(err.msg, "ds/dataset.yaml seen (8 bytes)");
     assert_null(it.v);
     unlink(path);
     free(path);
