@@ -586,7 +586,7 @@ static int render_llama3(rctx *r, msg_view *m, size_t n, const render_opts *o) {
 
 static int render_role_colon(rctx *r, msg_view *m, size_t n, const render_opts *o) {
     int bos = eng_tok_bos_id(r->tok);
-    if (bos >= 0) push_item(r, (item){bos, 0, 0, 0});
+    if (bos >= 0 && eng_tok_add_bos(r->tok) != 0) push_item(r, (item){bos, 0, 0, 0}); /* unless told not to */
     for (size_t i = 0; i < n; i++) {
         msg_view *v = &m[i];
         const char *name = !strcmp(v->role, "system")      ? "System:"

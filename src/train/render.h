@@ -1,22 +1,22 @@
 /* render.h: chat conversations to token ids plus per-token training weights, in a model family's format.
  *
  * Renderers (SPEC §5):
- *   qwen3       ChatML, token-exact with Qwen3's chat_template: <|im_start|>role\n...<|im_end|>\n, assistant
- *               reasoning in <think>\n...\n</think>\n\n (after the last user query only, as the template
- * does), tool calls as <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>, tool results as a user
- * turn of <tool_response> blocks; generation prompt <|im_start|>assistant\n. llama3      <|begin_of_text|>
- * then <|start_header_id|>role<|end_header_id|>\n\n{content, trimmed}<|eot_id|>, no date preamble
- * (token-exact with the Llama 3 chat_template); generation prompt
- *               <|start_header_id|>assistant<|end_header_id|>\n\n.
- *   chatml      plain ChatML (SmolLM2, Qwen2.5): <|im_start|>role\ncontent<|im_end|>\n per message,
- * token-exact with those templates; when the model's chat template writes a default system message for
- *               conversations that do not start with one, that text (read from the template) comes first;
- *               tool calls and tool results as Qwen2.5 writes them; generation prompt
- * <|im_start|>assistant\n; stops at <|im_end|>. role_colon  base and tiny models: BOS when the tokenizer has
- * one, then per message "Role:" (weight 0) and " content\n\n" (weight 1 for trained assistant messages);
- * generation prompt ends "Assistant:". Weights: headers and non-assistant messages 0; each trained assistant
- * message's content and its end-of-turn token 1. By default every assistant message is trained; a message may
- * carry "trainable": true|false.
+ * - qwen3: ChatML, token-exact with Qwen3's chat_template: <|im_start|>role\n...<|im_end|>\n, assistant
+ *   reasoning in <think>\n...\n</think>\n\n (after the last user query only, as the template does),
+ *   tool calls as <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>, tool results as a user turn
+ *   of <tool_response> blocks; generation prompt <|im_start|>assistant\n.
+ * - llama3: <|begin_of_text|> then <|start_header_id|>role<|end_header_id|>\n\n{content, trimmed}<|eot_id|>,
+ *   no date preamble (token-exact with the Llama 3 chat_template); generation prompt
+ *   <|start_header_id|>assistant<|end_header_id|>\n\n.
+ * - chatml: plain ChatML (SmolLM2, Qwen2.5): <|im_start|>role\ncontent<|im_end|>\n per message, token-exact
+ *   with those templates; when the model's chat template writes a default system message for conversations
+ *   that do not start with one, that text (read from the template) comes first; tool calls and tool results
+ *   as Qwen2.5 writes them; generation prompt <|im_start|>assistant\n; stops at <|im_end|>.
+ * - role_colon: base and tiny models: BOS when the tokenizer has one (unless add_bos_token is false), then
+ *   per message "Role:" (weight 0) and " content\n\n" (weight 1 for trained assistant messages); generation
+ *   prompt ends "Assistant:".
+ * Weights: headers and non-assistant messages 0; each trained assistant message's content and its end-of-turn
+ * token 1. By default every assistant message is trained; a message may carry "trainable": true|false.
  *
  * Input is a jansson array of {"role", "content", "tool_calls"?, "tool_call_id"?, "reasoning_content"?,
  * "trainable"?}; content must be a string or null. Special-token strings inside message content are tokenized

@@ -159,6 +159,21 @@ static void test_role_colon(void **state) {
     assert_string_equal(w, "");
     free(s);
     free(w);
+    /* ... unless the model says add_bos_token false (SmolLM2's GGUF: bos <|im_start|>, add_bos_token false)
+     */
+    eng_tokenizer *nb = fixture("qwen3");
+    int eot = eng_tok_token_id(nb, "<|endoftext|>");
+    eng_tok_set_file_meta(nb, eot, -1, 0, NULL, 0);
+    s = render_text(nb, RENDER_ROLE_COLON, "[{\"role\":\"user\",\"content\":\"x\"}]", &o, &w);
+    assert_string_equal(s, "User: x\n\nAssistant:");
+    free(s);
+    free(w);
+    eng_tok_set_file_meta(nb, eot, -1, 1, NULL, 0);
+    s = render_text(nb, RENDER_ROLE_COLON, "[{\"role\":\"user\",\"content\":\"x\"}]", &o, &w);
+    assert_string_equal(s, "<|endoftext|>User: x\n\nAssistant:");
+    free(s);
+    free(w);
+    eng_tok_free(nb);
 }
 
 static void test_pick_and_stops(void **state) {
