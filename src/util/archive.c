@@ -332,7 +332,9 @@ static int unpack_entry(struct archive *a, struct archive_entry *e, unpack_state
         if (!junk) add_dir(st, path);
         return 0;
     case AE_IFREG:
-        if (junk) return 0; /* its bytes are skipped with the next header */
+        /* a dropping's bytes are skipped with the next header, but still decompressed: they count */
+        if (junk)
+            return check_declared(st, path, archive_entry_size_is_set(e) ? archive_entry_size(e) : -1, err);
         return read_file_data(a, st, path, archive_entry_size_is_set(e) ? archive_entry_size(e) : -1, err);
     case AE_IFLNK: {
         const char *t = archive_entry_symlink(e);

@@ -242,6 +242,14 @@ def test_gzip_bomb(srv):
     hostile(srv, "gzip_bomb_4.5GB", p, 413, "expansion ratio limit is 200")
 
 
+def test_gzip_bomb_under_a_junk_name(srv):
+    """Tool droppings are skipped, but their bytes would still be decompressed: they count too."""
+    p = srv.work / "junkbomb.tgz"
+    big_tar_gz(p, [manifest("junkbomb"), ("train.jsonl", [(json.dumps(CHAT).encode() + b"\n", 1)])]
+               + [(".git/objects/pack%d" % i, [(b"\0" * MiB, 1536)]) for i in range(3)])
+    hostile(srv, "gzip_bomb_in_.git", p, 413, "expansion ratio limit is 200")
+
+
 def test_huge_line_small_archive(srv):
     """A 1.9 GB row line in a few MB: refused (ratio) before any byte of it is read."""
     p = srv.work / "line.tgz"

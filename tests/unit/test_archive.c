@@ -131,6 +131,15 @@ static void test_junk_skipped(void **state) {
     archive_items_free(&it);
     ent bad[] = {{".git/../../x", AE_IFREG, "x"}}; /* junk names are still checked first */
     expect_refused(bad, N(bad), 400, "'..' in path");
+    /* skipped bytes are still decompressed: they count against the limits (a bomb under a junk name) */
+    ent bomb[] = {{"dataset.yaml", AE_IFREG, "x"}, {".git/pack", AE_IFREG, "0123456789012345"}};
+    archive_limits lim = {10, 100, 15, 0, 0};
+    assert_int_equal(try_unpack(bomb, N(bomb), 1, &lim, &it, &err), -1);
+    assert_int_equal(err.code, 413);
+    assert_string_equal(err.msg, "archive: unpacked contents are over the limit of 15 bytes");
+    lim = (archive_limits){10, 10, 100, 0, 0};
+    assert_int_equal(try_unpack(bomb, N(bomb), 1, &lim, &it, &err), -1);
+    assert_string_equal(err.msg, "archive: .git/pack is 16 bytes, over the per-file limit of 10 bytes");
 }
 
 static void test_absolute_path(void **state) {
