@@ -25,6 +25,7 @@
 int cmd_model_logprobs(int argc, char **argv);
 int cmd_model_sample(int argc, char **argv);
 int cmd_model_tensor(int argc, char **argv); /* cmd_model_tensor.c */
+int cmd_model_convert(int argc, char **argv); /* cmd_model_convert.c */
 #pragma weak cmd_model_logprobs
 #pragma weak cmd_model_sample
 
@@ -35,6 +36,7 @@ static void usage_model(FILE *f) {
         "  info DIR [--json]         architecture, sizes, parameters, dtype, tokenizer vocab, context\n"
         "  tensors PATH [--json]     list the tensors of a .safetensors file or model dir (with checksums)\n"
         "  tensor PATH [NAME --out F.npy]  list a .gguf/.safetensors's tensors, or write one as f32 .npy\n"
+        "  convert SRC DST [--adapter DIR] [--dtype T]  GGUF -> HF model dir, or model (+ adapter) -> GGUF\n"
         "  logprobs DIR ...          per-token log-probabilities of a text under the model\n"
         "  sample DIR ...            generate text from the model\n",
         f);
@@ -516,6 +518,7 @@ int cmd_model(int argc, char **argv) {
     if (!strcmp(verb, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(verb, "tensors")) return cmd_tensors(argc - 1, argv + 1);
     if (!strcmp(verb, "tensor")) return cmd_model_tensor(argc - 1, argv + 1);
+    if (!strcmp(verb, "convert")) return cmd_model_convert(argc - 1, argv + 1);
     if (!strcmp(verb, "logprobs") || !strcmp(verb, "sample")) {
         int (*fn)(int, char **) = !strcmp(verb, "logprobs") ? cmd_model_logprobs : cmd_model_sample;
         if (!fn) {
