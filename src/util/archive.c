@@ -470,6 +470,12 @@ static int finish_items(unpack_state *st, lt_err *err) {
             if (!x->data) abort();
             memcpy(x->data, src->data, src->size);
             x->data[x->size] = '\0';
+        } else if (st->want && st->want->fn(l->path, st->want->ud)) {
+            /* its bytes were skipped, as the target's name is not one the scan reads */
+            return lt_err_set(err, 400,
+                              "archive: %s is a link to %s; put the file itself there (a manifest or prompt "
+                              "must be a regular file or a link to another manifest or prompt)",
+                              l->path, src->src);
         }
         it->total += x->size;
     }

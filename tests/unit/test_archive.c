@@ -512,6 +512,18 @@ static void test_scan_and_stream(void **state) {
         fail_msg("%s", err.msg);
     assert_null(it.v);
 
+    /* a wanted path that links to a file the scan did not read is refused with a clear message */
+    ent lk[] = {{"README", AE_IFREG, "name: x\n"}, {"dataset.yaml", AE_IFLNK, "README"}};
+    buf = build(lk, N(lk), 0, &len);
+    char *path2 = write_tmp(buf, len);
+    free(buf);
+    assert_int_equal(archive_scan_file(path2, NULL, &want, &it, &err), -1);
+    assert_int_equal(err.code, 400);
+    if (!strstr(err.msg, "dataset.yaml is a link to README; put the file itself there"))
+        fail_msg("%s", err.msg);
+    unlink(path2);
+    free(path2);
+
     /* the seen callback gets each wanted file as soon as it is read, and can stop the scan */
     want.max_total = 4096;
     want.seen = stop_at_manifest;
