@@ -198,6 +198,13 @@ const char *lc_arg(const lc_args *a, const char *name) {
     return k < 0 ? NULL : a->val[k];
 }
 
+const char *lc_arg_or_env(const lc_args *a, const char *name, const char *env, const char *dflt) {
+    const char *v = lc_arg(a, name);
+    if (v) return v;
+    const char *e = getenv(env);
+    return e && *e ? e : dflt;
+}
+
 int lc_flag(const lc_args *a, const char *name) {
     return lc_arg(a, name) != NULL;
 }

@@ -75,7 +75,10 @@ int lc_args_parse(lc_args *a, const lc_opt *opts, int conn, int argc, char **arg
 int lc_args_parse_with(lc_args *a, const lc_opt *opts, const lc_opt *shared, int flags, int argc, char **argv,
                        lt_err *err);
 const char *lc_arg(const lc_args *a, const char *name); /* NULL when not given */
-int lc_flag(const lc_args *a, const char *name);        /* 1 when given */
+/* The option's value, else the environment variable's when set and non-empty, else dflt (flag > env >
+ * default). */
+const char *lc_arg_or_env(const lc_args *a, const char *name, const char *env, const char *dflt);
+int lc_flag(const lc_args *a, const char *name); /* 1 when given */
 const char *const *lc_list(const lc_args *a, const char *name, size_t *n);
 void lc_args_free(lc_args *a);
 

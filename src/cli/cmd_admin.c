@@ -269,13 +269,6 @@ static int run_revoke_key(db *d, const lc_args *a, const char *data_dir) {
 
 /* ---- one verb: required flags, its check, then the store ---- */
 
-static const char *flag_or_env(const lc_args *a, const char *flag, const char *env, const char *dflt) {
-    const char *v = lc_arg(a, flag);
-    if (v) return v;
-    const char *e = getenv(env);
-    return e && *e ? e : dflt;
-}
-
 static int admin_main(const admin_verb *v, const lc_args *a) {
     for (int i = 0; v->required[i]; i++)
         if (!lc_arg(a, v->required[i])) {
@@ -284,8 +277,8 @@ static int admin_main(const admin_verb *v, const lc_args *a) {
             return EXIT_USAGE;
         }
     if (v->check && v->check(a)) return EXIT_USAGE;
-    const char *data_dir = flag_or_env(a, "data-dir", "LATHE_DATA_DIR", "./lathe-data");
-    const char *db_url = flag_or_env(a, "db", "LATHE_DB", NULL);
+    const char *data_dir = lc_arg_or_env(a, "data-dir", "LATHE_DATA_DIR", "./lathe-data");
+    const char *db_url = lc_arg_or_env(a, "db", "LATHE_DB", NULL);
     lt_err err = {0};
     char url[4096];
     if (!db_url) {

@@ -96,13 +96,6 @@ static const lc_opt worker_flags[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static const char *flag_or_env(const lc_args *a, const char *flag, const char *env, const char *dflt) {
-    const char *v = lc_arg(a, flag);
-    if (v) return v;
-    const char *e = getenv(env);
-    return e && *e ? e : dflt;
-}
-
 /* Parses the flags; EXIT_OK to go on, -1 when --help was printed, else the usage exit code. */
 static int parse_args(lc_args *a, int argc, char **argv) {
     lt_err err = {0};
@@ -130,12 +123,12 @@ int cmd_worker(int argc, char **argv) {
         lc_args_free(&flags);
         return prc < 0 ? EXIT_OK : prc;
     }
-    const char *data_dir = flag_or_env(&flags, "data-dir", "LATHE_DATA_DIR", "./lathe-data");
-    const char *db_url = flag_or_env(&flags, "db", "LATHE_DB", NULL);
-    const char *models_dir = flag_or_env(&flags, "models-dir", "LATHE_MODELS_DIR", NULL);
-    const char *threads_s = flag_or_env(&flags, "threads", "LATHE_TRAIN_THREADS", NULL);
-    const char *workers_s = flag_or_env(&flags, "workers", "LATHE_WORKERS", NULL);
-    const char *lease_s = flag_or_env(&flags, "lease-s", "LATHE_LEASE_S", NULL);
+    const char *data_dir = lc_arg_or_env(&flags, "data-dir", "LATHE_DATA_DIR", "./lathe-data");
+    const char *db_url = lc_arg_or_env(&flags, "db", "LATHE_DB", NULL);
+    const char *models_dir = lc_arg_or_env(&flags, "models-dir", "LATHE_MODELS_DIR", NULL);
+    const char *threads_s = lc_arg_or_env(&flags, "threads", "LATHE_TRAIN_THREADS", NULL);
+    const char *workers_s = lc_arg_or_env(&flags, "workers", "LATHE_WORKERS", NULL);
+    const char *lease_s = lc_arg_or_env(&flags, "lease-s", "LATHE_LEASE_S", NULL);
     int once = lc_flag(&flags, "once");
     long threads = 0, workers = 1, lease = 60;
     int bad = (threads_s && parse_pos(threads_s, 1024, &threads)) ||

@@ -1,8 +1,9 @@
 /* test_args.c: the option parser's group-level parts (client.h): the parse flags (LC_CONN's empty-value
- * rule, LC_NONEMPTY, LC_NO_JSON), a second (shared) table, the option at fault after an error, and
- * lc_dispatch_group on an offline group: shared options before or after the verb, an option before the verb
- * that the group does not share, another verb's option (the message names that verb), a misplaced verb,
- * VERB --help and help VERB. Messages are read back from stdout/stderr redirected to a file. */
+ * rule, LC_NONEMPTY, LC_NO_JSON), a second (shared) table, the option at fault after an error,
+ * lc_arg_or_env, and lc_dispatch_group on an offline group: shared options before or after the verb, an
+ * option before the verb that the group does not share, another verb's option (the message names that verb),
+ * a misplaced verb, VERB --help and help VERB. Messages are read back from stdout/stderr redirected to a
+ * file. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -82,6 +83,14 @@ static void no_json_and_shared(void **st) {
     assert_string_equal(lc_arg(&a, "n"), "3");
     assert_true(lc_flag(&a, "help"));
     assert_null(a.bad);
+    /* flag > environment > default */
+    setenv("LATHE_TEST_ARGS", "env", 1);
+    assert_string_equal(lc_arg_or_env(&a, "email", "LATHE_TEST_ARGS", "dflt"), "e");
+    assert_string_equal(lc_arg_or_env(&a, "s", "LATHE_TEST_ARGS", "dflt"), "env");
+    setenv("LATHE_TEST_ARGS", "", 1);
+    assert_string_equal(lc_arg_or_env(&a, "s", "LATHE_TEST_ARGS", "dflt"), "dflt");
+    unsetenv("LATHE_TEST_ARGS");
+    assert_null(lc_arg_or_env(&a, "s", "LATHE_TEST_ARGS", NULL));
     lc_args_free(&a);
     assert_int_equal(parse(own, NULL, 0, 7, a2, &a, &err), -1); /* without the shared table */
     assert_string_equal(a.bad, "--data-dir");
