@@ -186,13 +186,10 @@ db *db_open(const char *url, lt_err *err) {
             target = lt_strdup(path);
         }
     } else if (!strncmp(url, "postgres://", 11) || !strncmp(url, "postgresql://", 13)) {
-        lt_err_set(err, 400,
-                   "store URL '%.40s...': the PostgreSQL driver is not available in this build yet; use "
-                   "--db sqlite:PATH",
-                   url);
-        return NULL;
+        drv = &db_driver_postgres;
+        target = lt_strdup(url); /* libpq parses the URL itself */
     } else {
-        lt_err_set(err, 400, "unknown store URL '%.200s': use sqlite:PATH (or postgres://... when available)",
+        lt_err_set(err, 400, "unknown store URL '%.200s': use sqlite:PATH or postgres://USER@HOST:PORT/DB",
                    url);
         return NULL;
     }
@@ -502,8 +499,24 @@ int db_schema_version(db *d, const char *area, lt_err *err) {
     return v;
 }
 
+static int migrate_area_locked(db *d, const char *area, const db_migration *scripts, lt_err *err);
+
+/* Runs the area's scripts under the driver's migration lock (PostgreSQL: a session advisory lock), so that
+ * servers starting together on one database do not race on CREATE TABLE. */
 int db_migrate_area(db *d, const char *area, const db_migration *scripts, lt_err *err) {
     if (!scripts) return 0;
+    db_conn *c = conn_get(d, err);
+    if (!c) return -1;
+    if (d->drv->migrate_lock && d->drv->migrate_lock(c->impl, 1, err) != 0) {
+        lt_err_prefix(err, "migration %s: ", area);
+        return -1;
+    }
+    int rc = migrate_area_locked(d, area, scripts, err);
+    if (d->drv->migrate_lock) d->drv->migrate_lock(c->impl, 0, NULL);
+    return rc;
+}
+
+static int migrate_area_locked(db *d, const char *area, const db_migration *scripts, lt_err *err) {
     if (db_exec(d, MIGRATIONS_TABLE, err) != 0) return -1;
     for (int i = 0; scripts[i].sql; i++) {
         int version = i + 1;

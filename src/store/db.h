@@ -1,16 +1,18 @@
 /* db.h: a small portable SQL runner: the one door every module uses to reach the store.
  *
  * A `db` is opened from a URL: `sqlite:PATH` (the embedded default; `sqlite::memory:` for a private in-memory
- * database) or `postgres://...` (reserved for the PostgreSQL driver: opening it today fails with a clear
- * error). Inside, a driver vtable does the work; SQLite is the first driver (WAL journal, busy_timeout,
- * foreign keys on).
+ * database) or `postgres://USER[:PASS]@HOST[:PORT]/DB` (also `postgresql://`; libpq's query parameters such
+ * as
+ * `?host=/socket/dir` work). Inside, a driver vtable does the work: SQLite (db_sqlite.c: WAL journal,
+ * busy_timeout, foreign keys on) or PostgreSQL (db_postgres.c: libpq; `?` placeholders and INTEGER columns
+ * translated there, write transactions serialized by an advisory lock as SQLite serializes them).
  *
  * Threads: the handle is shared by every thread of the process. Each thread gets its own connection the first
  * time it touches the handle (lazily, kept until the thread exits or db_close), so statements and
  * transactions belong to the calling thread: prepare, step, finalize and begin/commit a statement on the same
  * thread. Do not share a db_stmt between threads.
  *
- * SQL rules, so the same text runs on PostgreSQL later: `?` placeholders (numbered in order, 1-based for
+ * SQL rules, so the same text runs on both drivers: `?` placeholders (numbered in order, 1-based for
  * binds), TEXT ids (UUID strings), BIGINT for ms-since-epoch timestamps and other 64-bit integers
  * (PostgreSQL's INTEGER is 32 bits; SQLite treats BIGINT as INTEGER), INTEGER for small ints and 0/1 flags,
  * REAL or DOUBLE PRECISION for floats, TEXT for JSON, `INSERT ... ON CONFLICT (...) DO NOTHING/UPDATE`,
@@ -40,9 +42,9 @@ typedef struct db_stmt db_stmt;
 
 /* ---- open / close ---- */
 
-/* Opens the store named by url ("sqlite:PATH", "sqlite::memory:"; "postgres://..." fails with a clear
- * error until that driver exists). The SQLite file's directory must exist. Returns NULL with err on failure.
- * The caller owns the handle and frees it with db_close. */
+/* Opens the store named by url ("sqlite:PATH", "sqlite::memory:", "postgres://..." / "postgresql://...";
+ * a PostgreSQL server that does not answer is 503). The SQLite file's directory must exist. Returns NULL with
+ * err on failure. The caller owns the handle and frees it with db_close. */
 db *db_open(const char *url, lt_err *err);
 
 /* Closes every per-thread connection and frees the handle. Call it after every thread that used the handle
@@ -117,7 +119,8 @@ db_stmt *db_query(db *d, lt_err *err, const char *sql, const char *types, ...);
 
 /* ---- transactions (on the calling thread's connection) ---- */
 
-/* Starts a write transaction that takes the write lock at once (SQLite BEGIN IMMEDIATE; PostgreSQL BEGIN).
+/* Starts a write transaction that takes the write lock at once (SQLite BEGIN IMMEDIATE; PostgreSQL BEGIN
+ * plus a transaction advisory lock every writer takes).
  * Writers of one process (one handle) queue for the lock in turn; a writer of another process is waited for
  * and retried up to the busy timeout (about 10 s); after either wait runs out, -1 with err code 503.
  * Transactions do not nest: beginning inside one is a programming error (-1, code 500). */

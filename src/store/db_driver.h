@@ -12,7 +12,7 @@
 #include "util/err.h"
 
 typedef struct db_driver {
-    const char *name; /* "sqlite" */
+    const char *name; /* "sqlite", "postgres" */
     /* Opens one connection to target (the URL without its scheme); NULL with err. create: the database may
      * be created (only the first connection of a handle: later ones must find it, not make a new empty one).
      */
@@ -40,8 +40,12 @@ typedef struct db_driver {
     void (*finalize)(void *st);
     /* Optional extra readiness check beyond SELECT 1 (e.g. the database file still exists); NULL = none. */
     int (*check)(const char *target, lt_err *err);
+    /* Optional: takes (lock 1) or gives back (lock 0) a lock held across a whole migration run, so that
+     * processes starting together on one database migrate one after another; NULL = none needed. */
+    int (*migrate_lock)(void *conn, int lock, lt_err *err);
 } db_driver_vt;
 
 extern const db_driver_vt db_driver_sqlite;
+extern const db_driver_vt db_driver_postgres;
 
 #endif
