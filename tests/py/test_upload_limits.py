@@ -482,6 +482,9 @@ def test_bad_limit_flag_is_refused(tmp_path):
 
     from conftest import LATHE_BIN
 
+    out = subprocess.run([str(LATHE_BIN), "serve", "--help"], capture_output=True, text=True, timeout=10).stdout
+    for name in ["max-entries", "max-file", "max-unpacked", "max-ratio", "max-row", "max-columns", "concurrency"]:
+        assert "--upload-" + name in out and "LATHE_UPLOAD_" + name.upper().replace("-", "_") in out, name
     cp = subprocess.run(
         [str(LATHE_BIN), "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", "--upload-max-row", "lots"],
         capture_output=True,
