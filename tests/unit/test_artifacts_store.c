@@ -14,6 +14,7 @@
 #include "store/artifacts.h"
 #include "store/db.h"
 #include "util/util.h"
+#include "store_url.h"
 
 #define ORG_A "11111111-1111-4111-8111-111111111111"
 #define ORG_B "22222222-2222-4222-8222-222222222222"
@@ -22,6 +23,7 @@
 
 typedef struct fixture {
     char dir[64];
+    char url[300];
     db *d;
 } fixture;
 
@@ -29,10 +31,9 @@ static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
     strcpy(f->dir, "/tmp/lathe-test-artifacts-XXXXXX");
     if (!mkdtemp(f->dir)) return -1;
-    char url[128];
-    snprintf(url, sizeof url, "sqlite:%s/t.db", f->dir);
+    if (test_store_url(f->url, sizeof f->url, f->dir, "t.db") != 0) return -1;
     lt_err err;
-    f->d = db_open(url, &err);
+    f->d = db_open(f->url, &err);
     if (!f->d || db_migrate(f->d, &err) != 0) return -1;
     if (db_migrate_area(f->d, "artifacts", db_migrations_artifacts, &err) != 0) return -1;
     if (db_exec(f->d,
@@ -48,6 +49,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
     fixture *f = *state;
     db_close(f->d);
+    test_store_drop(f->url);
     lt_rm_rf(f->dir);
     free(f);
     return 0;

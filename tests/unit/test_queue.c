@@ -1,8 +1,9 @@
-/* test_queue.c: the jobs store (src/store/jobs_sql.c) on a real SQLite file: create/list/quota, the state
- * machine (cancel, retry, delete), the queue (claim, lease, heartbeat, expiry re-queue), the progress merge
- * rule, the log cursor, what workers add (release on shutdown, cancel_requested, metrics trimmed on resume),
- * and claim races: threads sharing one handle, and two processes with their own
- * connections, must never both win one job. */
+/* test_queue.c: the jobs store (src/store/jobs_sql.c) on a real SQLite file, or on a real PostgreSQL server
+ * when LATHE_TEST_PG names one (store_url.h; tests/run.sh runs this binary both ways): create/list/quota, the
+ * state machine (cancel, retry, delete), the queue (claim, lease, heartbeat, expiry re-queue), the progress
+ * merge rule, the log cursor, what workers add (release on shutdown, cancel_requested, metrics trimmed on
+ * resume), and claim races: threads sharing one handle, and several processes with their own connections,
+ * must never both win one job. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +21,7 @@
 #include "store/db.h"
 #include "store/jobs.h"
 #include "util/util.h"
+#include "store_url.h"
 
 #define ORG "00000000-0000-4000-8000-00000000000a"
 #define WS "00000000-0000-4000-8000-0000000000b1"
@@ -38,7 +40,7 @@ static db *open_db(void) {
 static int setup(void **state) {
     snprintf(dir, sizeof dir, "/tmp/lathe-test-queue-XXXXXX");
     if (!mkdtemp(dir)) return -1;
-    snprintf(url, sizeof url, "sqlite:%s/t.db", dir);
+    if (test_store_url(url, sizeof url, dir, "t.db") != 0) return -1;
     lt_err err;
     D = db_open(url, &err);
     if (!D || db_migrate(D, &err) || db_migrate_area(D, "jobs", db_migrations_jobs, &err)) {
@@ -50,6 +52,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     db_close(D);
+    test_store_drop(url);
     lt_rm_rf(dir);
     return 0;
 }
@@ -671,6 +674,8 @@ static void test_race_threads(void **state) {
     check_once(all, n, created, RACE_JOBS);
 }
 
+#define RACE_PROCS 4
+
 static void test_race_processes(void **state) {
     char created[RACE_JOBS][LT_UUID_LEN];
     for (int i = 0; i < RACE_JOBS; i++)
@@ -678,9 +683,9 @@ static void test_race_processes(void **state) {
     /* children must not inherit a live SQLite connection: close ours, reopen after */
     db_close(D);
     D = NULL;
-    int fds[2][2];
-    pid_t pids[2];
-    for (int p = 0; p < 2; p++) {
+    int fds[RACE_PROCS][2];
+    pid_t pids[RACE_PROCS];
+    for (int p = 0; p < RACE_PROCS; p++) {
         assert_int_equal(pipe(fds[p]), 0);
         pids[p] = fork();
         assert_true(pids[p] >= 0);
@@ -699,11 +704,11 @@ static void test_race_processes(void **state) {
         }
         close(fds[p][1]);
     }
-    char all[RACE_JOBS * 2][LT_UUID_LEN];
+    char all[RACE_JOBS * RACE_PROCS][LT_UUID_LEN];
     int n = 0;
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < RACE_PROCS; p++) {
         ssize_t r;
-        while (n < RACE_JOBS * 2 && (r = read(fds[p][0], all[n], LT_UUID_LEN)) == LT_UUID_LEN)
+        while (n < RACE_JOBS * RACE_PROCS && (r = read(fds[p][0], all[n], LT_UUID_LEN)) == LT_UUID_LEN)
             n++;
         close(fds[p][0]);
         int status;
