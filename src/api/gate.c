@@ -97,7 +97,7 @@ int api_gate_inspect(const char *buf, size_t n, int complete, api_gate_verdict *
         return (size_t)(p - m) > 32 ? verdict(v, 400, "the request method is not a valid token%s", NULL)
                : complete           ? verdict(v, 400, "the request line is incomplete%s", NULL)
                                     : API_GATE_MORE;
-    if (p == m || *p != ' ')
+    if (p == m || *p != ' ' || (size_t)(p - m) > 32)
         return verdict(v, 400, "the request line is not METHOD SP TARGET SP HTTP/1.x%s", NULL);
     const char *target = ++p;
     while (p < end && *p != ' ' && *p != '\r' && *p != '\n')
