@@ -32,6 +32,12 @@ Environment: LATHE_BIN (default <repo>/build/lathe) is the binary under test; LA
 (default: two levels above this file). SHARED is <repo>/../shared (fixtures). The factory sets
 LATHE_RATE_LIMIT=0 (off) unless the test passes its own, so that bursts of test requests are not throttled;
 every other setting keeps the server's default unless given in env= or args=.
+
+Store switch: LATHE_TEST_STORE=postgres (default sqlite) puts every server on PostgreSQL: each data dir gets
+its own fresh database (pg.py), given to `lathe serve` and `lathe admin` as LATHE_DB (server.env carries it:
+pass env=server.env, or store_env(data_dir), to other lathe processes such as `lathe worker`). The server is
+LATHE_TEST_PG's, or one pg.py starts itself. Tests that check SQLite itself (its file, its modes) carry
+@pytest.mark.sqlite_only("why") and are skipped there, saying why.
 """
 
 import json
@@ -47,11 +53,83 @@ import time
 import pytest
 import requests
 
+import pg
+
 ROOT = pathlib.Path(os.environ.get("LATHE_ROOT", pathlib.Path(__file__).resolve().parents[2]))
 LATHE_BIN = pathlib.Path(os.environ.get("LATHE_BIN", ROOT / "build" / "lathe"))
 SHARED = ROOT.parent / "shared"
 
 START_TIMEOUT_S = 30
+
+STORE = os.environ.get("LATHE_TEST_STORE", "sqlite")
+if STORE not in ("sqlite", "postgres"):
+    raise RuntimeError("LATHE_TEST_STORE must be sqlite or postgres, not %r" % STORE)
+
+
+def store_env(data_dir):
+    """The environment that puts a lathe process on data_dir's store: {} on SQLite (the data dir's lathe.db),
+    {"LATHE_DB": <its own PostgreSQL database>} on PostgreSQL (skips the test when PostgreSQL is unavailable)."""
+    if STORE != "postgres":
+        return {}
+    try:
+        return {"LATHE_DB": pg.database_for(data_dir)}
+    except RuntimeError as e:
+        pytest.skip("LATHE_TEST_STORE=postgres: %s" % e)
+
+
+def store_rows(server, sql):
+    """Rows (tuples) of a read-only query on server's store, SQLite file or PostgreSQL database alike
+    (integers come back as int, other values as str; NULL as None on SQLite, "" on PostgreSQL)."""
+    url = server.env.get("LATHE_DB")
+    if url and url.startswith(("postgres://", "postgresql://")):
+        out = pg.psql(url, sql)
+        conv = lambda v: int(v) if v.lstrip("-").isdigit() else v
+        return [tuple(conv(v) for v in line.split("|")) for line in out.splitlines() if line]
+    import sqlite3
+
+    path = url[len("sqlite:") :] if url and url.startswith("sqlite:") else server.data_dir / "lathe.db"
+    con = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def store_exec(server, sql, params=()):
+    """Runs one writing statement with `?` parameters (str or int) on server's store, SQLite or PostgreSQL."""
+    url = server.env.get("LATHE_DB")
+    if url and url.startswith(("postgres://", "postgresql://")):
+        parts = sql.split("?")
+        assert len(parts) == len(params) + 1, "one parameter per '?'"
+        lit = lambda v: str(int(v)) if isinstance(v, int) else "'" + str(v).replace("'", "''") + "'"
+        pg.psql(url, parts[0] + "".join(lit(v) + p for v, p in zip(params, parts[1:])))
+        return
+    import sqlite3
+
+    path = url[len("sqlite:") :] if url and url.startswith("sqlite:") else server.data_dir / "lathe.db"
+    con = sqlite3.connect(str(path), timeout=30)
+    try:
+        with con:
+            con.execute(sql, params)
+    finally:
+        con.close()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only(reason): checks SQLite itself; skipped on PostgreSQL")
+
+
+def pytest_collection_modifyitems(config, items):
+    if STORE != "postgres":
+        return
+    for item in items:
+        m = item.get_closest_marker("sqlite_only")
+        if m:
+            item.add_marker(pytest.mark.skip(reason="SQLite only: %s" % (m.args[0] if m.args else "")))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    pg.shutdown()
 
 
 class ApiSession(requests.Session):
@@ -81,6 +159,8 @@ class LatheServer:
         self.env["LATHE_RATE_LIMIT"] = "0"
         self.env.update(env or {})
         self.args = list(args)
+        if STORE == "postgres" and "LATHE_DB" not in self.env and "--db" not in self.args:
+            self.env.update(store_env(self.data_dir))
         self._stdout_lines = []
         self._stderr_path = self.data_dir.parent / (self.data_dir.name + "-server.log")
         self._stderr = open(self._stderr_path, "wb")

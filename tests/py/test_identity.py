@@ -4,6 +4,8 @@ projects, members, with their role rules (404 for non-members, 403 for roles too
 import json
 import re
 
+import pytest
+
 from conftest import assert_envelope
 
 KEY_RE = re.compile(r"^lk_[0-9A-Za-z]{40}$")
@@ -301,13 +303,9 @@ def test_limited_key_cannot_revoke_keys_outside_its_limit(server):
 
 
 def _db_rows(server, sql):
-    import sqlite3
+    from conftest import store_rows
 
-    con = sqlite3.connect("file:%s?mode=ro" % (server.data_dir / "lathe.db"), uri=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    return store_rows(server, sql)
 
 
 def test_api_key_create_refuses_idempotency_key(server):
@@ -354,6 +352,7 @@ def test_idempotency_records_are_per_key_and_after_authorization(server):
     assert rows == [(me,)]
 
 
+@pytest.mark.sqlite_only("the SQLite file's modes")
 def test_data_dir_and_store_file_modes(server):
     """Defect 2: lathe.db was 0644; the data dir, the store and its WAL files are now private."""
     d = server.data_dir
@@ -387,6 +386,7 @@ def test_data_dir_and_store_file_modes(server):
     assert not loose, loose
 
 
+@pytest.mark.sqlite_only("the SQLite file's modes")
 def test_existing_data_dir_is_tightened(lathe_server, tmp_path):
     d = tmp_path / "loose"
     d.mkdir(mode=0o755)

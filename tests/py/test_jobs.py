@@ -763,7 +763,7 @@ def test_checkpoint_download_and_adapter_target(srv):
     """Plays the worker's checkpoint writer (a blob + a job_checkpoints row, as src/store/jobs.h records
     them), then downloads it (E12), trains on top of it (model jobs/<id>/checkpoints/<name>), and checks that
     the base job cannot be deleted while the job built on it is active (E13)."""
-    import sqlite3
+    from conftest import store_exec
 
     base = create(srv, sft())
     progress(srv, base["id"], {"event_type": "training_start"})
@@ -779,14 +779,12 @@ def test_checkpoint_download_and_adapter_target(srv):
     blob = srv.data_dir / "blobs" / "sha256" / hexd[:2] / hexd[2:]
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(tar)
-    db = sqlite3.connect(str(srv.data_dir / "lathe.db"), timeout=30)
-    with db:
-        db.execute(
-            "INSERT INTO job_checkpoints (job_id, name, step, created_at, size_bytes, digest, blob_digest) "
-            "VALUES (?, 'final', 3, ?, ?, ?, ?)",
-            (base["id"], int(time.time() * 1000), len(tar), "sha256:" + hexd, "sha256:" + hexd),
-        )
-    db.close()
+    store_exec(
+        srv,
+        "INSERT INTO job_checkpoints (job_id, name, step, created_at, size_bytes, digest, blob_digest) "
+        "VALUES (?, 'final', 3, ?, ?, ?, ?)",
+        (base["id"], int(time.time() * 1000), len(tar), "sha256:" + hexd, "sha256:" + hexd),
+    )
     url = BASE + "/" + base["id"]
     items = srv.get(url + "/checkpoints").json()["items"]
     assert [(c["name"], c["step"], c["size_bytes"], c["digest"]) for c in items] == [("final", 3, len(tar), "sha256:" + hexd)]

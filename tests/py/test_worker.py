@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import LATHE_BIN, LatheServer
+from conftest import LATHE_BIN, LatheServer, store_env
 from jobs_helpers import JOBS, checkpoints, download, get, jsonl, lathe, logs, push, wait_done, wait_until
 
 
@@ -331,7 +331,7 @@ def test_server_killed_mid_job_resumes_bit_identical(tmp_path):
 def start_worker(data, *extra):
     log = open(str(data) + "-worker-%d.log" % time.monotonic_ns(), "wb")
     return subprocess.Popen([str(LATHE_BIN), "worker", "--data-dir", str(data), "--lease-s", "2", "--threads", "1",
-                             *extra], stdout=log, stderr=subprocess.STDOUT)
+                             *extra], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **store_env(data)))
 
 
 def test_standalone_worker_stopped_then_killed_resumes_bit_identical(lathe_server):
