@@ -9,7 +9,7 @@
  * effective_config). Validation is the server's: its 422 envelope is printed item by item.
  *
  * `lathe train sft --data FILE --out DIR ...` is not a client call: it runs the local trainer
- * (cmd_train_local, another module), and says so when this build has none.
+ * (cmd_train_local, in cmd_train_local.c).
  *
  * Waiting and watching. wait polls GET job until a terminal status (exit 0 only for completed). watch reads
  * the job's event stream (E11): the snapshot, then one line per progress event (step/total, loss, tokens/s,
@@ -27,8 +27,6 @@
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "util/util.h"
-
-#pragma weak cmd_train_local
 
 /* ============================================================================================================
  * Small JSON readers
@@ -1221,13 +1219,7 @@ static int wants_local(int argc, char **argv) {
 }
 
 int cmd_train(int argc, char **argv) {
-    if (wants_local(argc, argv)) {
-        if (!cmd_train_local) {
-            fprintf(stderr, "lathe train sft --data/--out: local training is not available in this build\n");
-            return EXIT_FAIL;
-        }
-        return cmd_train_local(argc - 1, argv + 1);
-    }
+    if (wants_local(argc, argv)) return cmd_train_local(argc - 1, argv + 1);
     return lc_dispatch("Training jobs on a lathe server (the `dn train` verbs, plus grpo, watch, retry, "
                        "checkpoints, pull, delete).",
                        verbs, sizeof verbs / sizeof verbs[0], argc, argv);

@@ -1,23 +1,11 @@
 /* main.c: the lathe binary's entry point: dispatches argv[1] to a subcommand (see cli.h).
  *
- * Commands are weak references so that a part of the tree still being written leaves the binary buildable;
- * a missing one answers "not available in this build" instead of failing the link. */
+ * The table names every command's function directly: a subcommand that is declared in cli.h but not linked
+ * in is a link error, never a run-time surprise. */
 #include <stdio.h>
 #include <string.h>
 
 #include "cli/cli.h"
-
-#pragma weak cmd_serve
-#pragma weak cmd_worker
-#pragma weak cmd_admin
-#pragma weak cmd_login
-#pragma weak cmd_train
-#pragma weak cmd_artifact
-#pragma weak cmd_model
-#pragma weak cmd_tokenize
-#pragma weak cmd_detokenize
-#pragma weak cmd_bench
-#pragma weak cmd_rl_rank
 
 typedef int (*cmd_fn)(int, char **);
 static const struct {
@@ -27,9 +15,11 @@ static const struct {
 } commands[] = {
     {"serve", cmd_serve, "run the API server (and in-process workers)"},
     {"worker", cmd_worker, "run a standalone worker against a store"},
-    {"admin", cmd_admin, "bootstrap and recovery on the server's store (init, create-user, create-key, grant...)"},
+    {"admin", cmd_admin,
+     "bootstrap and recovery on the server's store (init, create-user, create-key, grant...)"},
     {"login", cmd_login, "save the server URL and API key for the client verbs"},
-    {"train", cmd_train, "training jobs: sft|rl|grpo|list|get|wait|watch|logs|artifacts|cancel|retry|catalog"},
+    {"train", cmd_train,
+     "training jobs: sft|rl|grpo|list|get|wait|watch|logs|artifacts|cancel|retry|catalog"},
     {"dataset", cmd_artifact, "datasets: push|list|show|pull"},
     {"capability", cmd_artifact, "capabilities: push|list|show|pull"},
     {"task", cmd_artifact, "tasks: push|list|show|pull"},
@@ -37,12 +27,15 @@ static const struct {
     {"tokenize", cmd_tokenize, "text to token ids with a model's tokenizer"},
     {"detokenize", cmd_detokenize, "token ids to text"},
     {"bench", cmd_bench, "measure: gemm|train|sample"},
-    {"rl-rank", cmd_rl_rank, "one rank of a distributed GRPO job (run by mpirun); --check tests the MPI setup"},
+    {"rl-rank", cmd_rl_rank,
+     "one rank of a distributed GRPO job (run by mpirun); --check tests the MPI setup"},
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "lathe %s: self-hosted LoRA fine-tuning service\n\nusage: lathe <command> [args] (--help on any)\n\n",
-            LATHE_VERSION);
+    fprintf(
+        f,
+        "lathe %s: self-hosted LoRA fine-tuning service\n\nusage: lathe <command> [args] (--help on any)\n\n",
+        LATHE_VERSION);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].help);
 }
@@ -58,10 +51,6 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(argv[1], commands[i].name) != 0) continue;
-        if (!commands[i].fn) {
-            fprintf(stderr, "lathe: '%s' is not available in this build\n", argv[1]);
-            return EXIT_FAIL;
-        }
         return commands[i].fn(argc - 1, argv + 1);
     }
     fprintf(stderr, "lathe: unknown command '%s'\n\n", argv[1]);

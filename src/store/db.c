@@ -40,10 +40,6 @@
 #include "store/store.h"
 #include "util/util.h"
 
-#pragma weak db_migrations_core
-#pragma weak db_migrations_artifacts
-#pragma weak db_migrations_jobs
-
 typedef struct db_conn {
     struct db *d;
     void *impl;
@@ -556,6 +552,6 @@ int db_migrate(db *d, lt_err *err) {
         {"jobs", db_migrations_jobs},
     };
     for (size_t i = 0; i < sizeof areas / sizeof areas[0]; i++)
-        if (areas[i].scripts && db_migrate_area(d, areas[i].area, areas[i].scripts, err) != 0) return -1;
+        if (db_migrate_area(d, areas[i].area, areas[i].scripts, err) != 0) return -1;
     return 0;
 }

@@ -140,9 +140,8 @@ typedef struct db_migration {
  * its 1-based index. db_migrations_core lives in src/store/identity.c, db_migrations_artifacts in
  * src/store/artifacts_sql.c, db_migrations_jobs in src/store/jobs_sql.c. Define yours exactly as
  *     const db_migration db_migrations_jobs[] = {{"jobs", "CREATE TABLE ..."}, {NULL, NULL}};
- * db.c references them weakly: an area that is not linked in is skipped. The lathe binary links the whole
- * library; a unit test binary links only what it references, so a test that needs an area's tables calls
- * db_migrate_area(d, "jobs", db_migrations_jobs, err) itself after db_migrate (a strong reference). */
+ * db_migrate names all three directly, so every binary that migrates (lathe and the unit tests alike) runs
+ * the same areas, and an area that is not linked in is a link error. */
 extern const db_migration db_migrations_core[];
 extern const db_migration db_migrations_artifacts[];
 extern const db_migration db_migrations_jobs[];

@@ -1,7 +1,7 @@
 /* Unit tests for store/artifacts: versions, semver "latest", paging, immutability, delete protection.
  *
- * Runs against a real SQLite file in a temp dir. The jobs area may not be linked into this binary, so the two
- * jobs tables the delete check reads are created here with exactly the columns the jobs module promises. */
+ * Runs against a real SQLite file in a temp dir (or PostgreSQL with LATHE_TEST_PG), migrated exactly as the
+ * lathe binary migrates it; the delete check inserts minimal rows into the real jobs and job_refs tables. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -34,14 +34,7 @@ static int setup(void **state) {
     if (test_store_url(f->url, sizeof f->url, f->dir, "t.db") != 0) return -1;
     lt_err err;
     f->d = db_open(f->url, &err);
-    if (!f->d || db_migrate(f->d, &err) != 0) return -1;
-    if (db_migrate_area(f->d, "artifacts", db_migrations_artifacts, &err) != 0) return -1;
-    if (db_exec(f->d,
-                "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT);"
-                "CREATE TABLE IF NOT EXISTS job_refs (job_id TEXT, org_id TEXT, kind TEXT, name TEXT, "
-                "version TEXT)",
-                &err) != 0)
-        return -1;
+    if (!f->d || db_migrate(f->d, &err) != 0) return -1; /* every area, as the lathe binary migrates */
     *state = f;
     return 0;
 }
@@ -202,9 +195,13 @@ static void test_delete(void **state) {
     assert_int_equal(push(f->d, ORG_B, "dataset", "d", "1.0.0", DIGEST_1, &err),
                      0); /* same bytes, other org */
     /* a queued job uses A's 1.0.0; a completed one uses 2.0.0 */
-    assert_true(db_run(f->d, &err,
-                       "INSERT INTO jobs (id, status) VALUES ('j1', 'queued'), ('j2', 'completed')",
-                       "") >= 0);
+    assert_true(
+        db_run(f->d, &err,
+               "INSERT INTO jobs (id, seq, org_id, workspace_id, status, backend, trainer_type, model, "
+               "spec, metrics, artifacts, progress, attempt, created_at, updated_at) VALUES "
+               "('j1', 1, ?, 'w', 'queued', 'tinker', 'sft', 'm', '{}', '{}', '{}', '{}', 1, 0, 0), "
+               "('j2', 2, ?, 'w', 'completed', 'tinker', 'sft', 'm', '{}', '{}', '{}', '{}', 1, 0, 0)",
+               "tt", ORG_A, ORG_A) >= 0);
     assert_true(db_run(f->d, &err,
                        "INSERT INTO job_refs (job_id, org_id, kind, name, version) VALUES "
                        "('j1', ?, 'dataset', 'd', '1.0.0'), ('j2', ?, 'dataset', 'd', '2.0.0')",

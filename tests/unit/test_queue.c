@@ -43,7 +43,7 @@ static int setup(void **state) {
     if (test_store_url(url, sizeof url, dir, "t.db") != 0) return -1;
     lt_err err;
     D = db_open(url, &err);
-    if (!D || db_migrate(D, &err) || db_migrate_area(D, "jobs", db_migrations_jobs, &err)) {
+    if (!D || db_migrate(D, &err)) {
         fprintf(stderr, "setup: %s\n", err.msg);
         return -1;
     }
