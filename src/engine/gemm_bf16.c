@@ -1,12 +1,59 @@
-/* gemm_bf16.c: bf16-input, f32-accumulate GEMMs (see gemm_bf16.h).
+/* gemm_bf16.c: bf16-input, f32-accumulate GEMMs (see gemm_bf16.h), dispatched on the CPU at run time.
  *
- * First cut: one portable C path (correct, slow) behind the contract so the callers can build; the
- * AVX512-BF16 and AMX micro-kernels follow. */
+ * Both operations reduce to one problem: C[M, NC] (+)= bf16(A)[M, R] Bt[R, NC], where R is the reduction
+ * (K for nt, N for nn) and NC the output columns (N for nt, K for nn); they differ only in how B is read
+ * when it is packed.
+ *
+ * Paths. The code of each path is compiled with function-level target attributes, so the file builds without
+ * -march flags and the binary runs on any x86-64; detect() picks the best path from cpuid/xgetbv once.
+ *  - amx: A is packed as bf16 rows [Mp][Rp] (Rp = R rounded up to 32, zero padded), B as "VNNI" panels of
+ *    16 output columns, [Rp/2][16][2] (the two bf16 of one reduction pair side by side): exactly the layout
+ *    of an AMX B tile, so a tile is 16 consecutive 64-byte rows. The micro-kernel holds a 32 x 32 block of C
+ *    in four accumulator tiles (tmm0-3), two A tiles (tmm4-5) and two B tiles (tmm6-7), and steps the
+ *    reduction by 32. The Linux permission for the tile data (arch_prctl ARCH_REQ_XCOMP_PERM) is requested
+ *    once; the tile configuration is loaded per thread inside the parallel region.
+ *  - avx512bf16: the same packing; vdpbf16ps on 8 rows x 32 columns (16 zmm accumulators), the A pair
+ *    broadcast as one 32-bit element, the B pair-rows loaded as they lie in the panel.
+ *  - avx2: no bf16 arithmetic on the CPU, so A is rounded to bf16 and kept as f32, B widened to f32 (exact,
+ *    a shift), and OpenBLAS's SGEMM does the products (exact in f32: 8 + 8 significand bits) and the f32
+ * sums.
+ *  - generic: plain C, for non-x86 builds and CPUs without AVX2.
+ * Packing is vectorized on the AVX-512 paths (the B transpose of nt is a 16 x 16 transpose of 32-bit pairs),
+ * since at M = 512 the packing of B costs as much per element as the AMX products.
+ *
+ * Threads: one OpenMP region per call. A is packed with an omp for over rows; then for each chunk of output
+ * columns (packed B at most ~1 MiB, so it stays in L2) the panels are packed with an omp for and the 32 x 32
+ * tiles of C are shared out statically, rows outer (a thread's A block stays in L1 while it walks B). Each
+ * tile is computed into a local 32 x 32 buffer and added to or stored into C (masked at the edges), so
+ * padding never reaches C. The avx2 path calls cblas_sgemm outside any region (OpenBLAS is the OpenMP build
+ * and uses the same pool). */
 #include "engine/gemm_bf16.h"
 
+#include <cblas.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
-static uint16_t bf16_round(float f) {
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define GB_X86 1
+#else
+#define GB_X86 0
+#endif
+
+enum { P_GENERIC = 0, P_AVX2, P_AVX512, P_AMX, P_COUNT };
+static const char *const PATH_NAME[P_COUNT] = {"generic", "avx2", "avx512bf16", "amx"};
+
+static int g_best = P_GENERIC;
+static int g_path = -1; /* forced path; -1: best */
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+/* ---- scalar helpers ---- */
+
+static inline uint16_t bf16_round(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
@@ -14,46 +61,545 @@ static uint16_t bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static float bf16_f32(uint16_t h) {
+static inline float bf16_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
-void eng_bf16_from_f32(const float *src, uint16_t *dst, size_t n) {
+static void cvt_generic(const float *s, uint16_t *d, size_t n) {
     for (size_t i = 0; i < n; i++)
-        dst[i] = bf16_round(src[i]);
+        d[i] = bf16_round(s[i]);
+}
+
+/* ---- run-time detection ---- */
+
+#if GB_X86
+static uint64_t xgetbv0(void) {
+    uint32_t a, d;
+    __asm__ volatile("xgetbv" : "=a"(a), "=d"(d) : "c"(0));
+    return ((uint64_t)d << 32) | a;
+}
+
+/* Linux keeps the AMX tile data state off until a process asks for it. */
+static int amx_permission(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    enum { ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
+    unsigned long mask = 0;
+    if (syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &mask) != 0) return 0;
+    return (mask >> XFEATURE_XTILEDATA) & 1u;
+#else
+    return 0;
+#endif
+}
+#endif
+
+static void detect(void) {
+    int best = P_GENERIC;
+#if GB_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) goto done;
+    const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    if (!osxsave || !avx) goto done;
+    const uint64_t xcr0 = xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) goto done; /* XMM and YMM state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) goto done;
+    const int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1;
+    const int amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1;
+    unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+    __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
+    const int avx512bf16 = (a1 >> 5) & 1;
+    if (avx2 && fma) best = P_AVX2;
+    if (best == P_AVX2 && avx512f && avx512bw && avx512bf16 && (xcr0 & 0xe0) == 0xe0) best = P_AVX512;
+    if (best == P_AVX512 && amx_tile && amx_bf16 && amx_permission()) best = P_AMX;
+done:
+#endif
+    g_best = best;
+    const char *e = getenv("LATHE_BF16_PATH"); /* forces a path, as eng_bf16_set_path does */
+    for (int i = 0; e && i < P_COUNT; i++)
+        if (!strcmp(e, PATH_NAME[i]) && i <= best) g_path = i;
+}
+
+static int path_now(void) {
+    pthread_once(&g_once, detect);
+    int p = __atomic_load_n(&g_path, __ATOMIC_RELAXED);
+    return p < 0 ? g_best : p;
 }
 
 const char *eng_bf16_path(void) {
-    return "generic";
+    return PATH_NAME[path_now()];
 }
+
 const char *eng_bf16_set_path(const char *name) {
-    (void)name;
+    pthread_once(&g_once, detect);
+    int p = -1;
+    for (int i = 0; name && i < P_COUNT; i++)
+        if (!strcmp(name, PATH_NAME[i]) && i <= g_best) p = i;
+    __atomic_store_n(&g_path, p, __ATOMIC_RELAXED);
     return eng_bf16_path();
+}
+
+/* ---- x86 vector code ---- */
+
+#if GB_X86
+#define T_AVX2 __attribute__((target("avx2,fma")))
+#define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define T_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+/* f32 -> bf16 bits (in the low half of each 32-bit lane), round to nearest even, NaN kept quiet. */
+T_AVX512 static inline __m512i rne16_512(__m512i u) {
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+}
+
+T_AVX512 static void cvt_avx512(const float *s, uint16_t *d, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(d + i), _mm512_cvtepi32_epi16(rne16_512(_mm512_loadu_si512(s + i))));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        _mm256_mask_storeu_epi16(d + i, m,
+                                 _mm512_cvtepi32_epi16(rne16_512(_mm512_maskz_loadu_epi32(m, s + i))));
+    }
+}
+
+/* f32 -> the f32 value of its bf16 rounding (AVX2 path): same rounding as rne16, kept in the high half. */
+T_AVX2 static inline __m256i rne32_256(__m256i u) {
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    r = _mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u));
+    const __m256i abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+    const __m256i nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f800000)); /* abs is non-negative */
+    const __m256i q = _mm256_or_si256(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u)),
+                                      _mm256_set1_epi32(0x00400000));
+    return _mm256_blendv_epi8(r, q, nan);
+}
+
+T_AVX2 static void cvt_avx2(const float *s, uint16_t *d, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i lo = _mm256_srli_epi32(rne32_256(_mm256_loadu_si256((const __m256i *)(s + i))), 16);
+        __m256i hi = _mm256_srli_epi32(rne32_256(_mm256_loadu_si256((const __m256i *)(s + i + 8))), 16);
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+        _mm256_storeu_si256((__m256i *)(d + i), p);
+    }
+    cvt_generic(s + i, d + i, n - i);
+}
+
+/* dst[i] = f32(bf16(src[i])) */
+T_AVX2 static void round_f32_avx2(const float *s, float *d, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_si256((__m256i *)(d + i), rne32_256(_mm256_loadu_si256((const __m256i *)(s + i))));
+    for (; i < n; i++)
+        d[i] = bf16_f32(bf16_round(s[i]));
+}
+
+T_AVX2 static void widen_avx2(const uint16_t *s, float *d, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+        _mm256_storeu_si256((__m256i *)(d + i), _mm256_slli_epi32(v, 16));
+    }
+    for (; i < n; i++)
+        d[i] = bf16_f32(s[i]);
+}
+#endif
+
+void eng_bf16_from_f32(const float *src, uint16_t *dst, size_t n) {
+#if GB_X86
+    const int p = path_now();
+    if (p >= P_AVX512)
+        cvt_avx512(src, dst, n);
+    else if (p == P_AVX2)
+        cvt_avx2(src, dst, n);
+    else
+#endif
+        cvt_generic(src, dst, n);
+}
+
+/* ---- the problem, and packing ---- */
+
+typedef struct {
+    int op; /* 0: nt, 1: nn */
+    int M, NC, R;
+    const float *A;
+    int lda;
+    const uint16_t *B;
+    int ldb;
+    float *C;
+    int ldc, acc;
+    int Mp, Rp; /* M rounded up to 32, R rounded up to 32 */
+} gb_job;
+
+static int up32(int x) {
+    return (x + 31) & ~31;
+}
+
+/* Packed A row m (zeros past R, and for rows >= M). */
+static void pack_a_row(const gb_job *j, int m, uint16_t *dst, int path) {
+    if (m >= j->M) {
+        memset(dst, 0, sizeof(uint16_t) * (size_t)j->Rp);
+        return;
+    }
+    const float *src = j->A + (size_t)m * j->lda;
+#if GB_X86
+    if (path >= P_AVX512)
+        cvt_avx512(src, dst, (size_t)j->R);
+    else
+#endif
+        cvt_generic(src, dst, (size_t)j->R);
+    memset(dst + j->R, 0, sizeof(uint16_t) * (size_t)(j->Rp - j->R));
+}
+
+/* B element (reduction r, output column c). */
+static inline uint16_t b_at(const gb_job *j, int r, int c) {
+    return j->op == 0 ? j->B[(size_t)c * j->ldb + r] : j->B[(size_t)r * j->ldb + c];
+}
+
+/* One VNNI panel: output columns c0 .. c0+15, [Rp/2][16][2]; zeros outside R x NC. */
+static void pack_panel_generic(const gb_job *j, int c0, uint16_t *dst) {
+    for (int q = 0; q < j->Rp / 2; q++)
+        for (int jj = 0; jj < 16; jj++)
+            for (int h = 0; h < 2; h++) {
+                const int r = 2 * q + h, c = c0 + jj;
+                dst[(size_t)q * 32 + jj * 2 + h] = (r < j->R && c < j->NC) ? b_at(j, r, c) : 0;
+            }
+}
+
+#if GB_X86
+/* nt: the panel's 16 rows of B (row = output column) hold the pairs as 32-bit elements, so a block of 16
+ * pairs is a 16 x 16 transpose of 32-bit elements. */
+T_AVX512 static void pack_panel_nt_avx512(const gb_job *j, int c0, uint16_t *dst) {
+    const int ncol = j->NC - c0 < 16 ? j->NC - c0 : 16;
+    for (int k0 = 0; k0 < j->Rp; k0 += 32) {
+        const int left = j->R - k0;
+        const __mmask32 m = left >= 32 ? 0xffffffffu : left <= 0 ? 0u : (__mmask32)((1u << left) - 1u);
+        __m512i r[16], t[16], u[16];
+        for (int i = 0; i < 16; i++)
+            r[i] = i < ncol ? _mm512_maskz_loadu_epi16(m, j->B + (size_t)(c0 + i) * j->ldb + k0)
+                            : _mm512_setzero_si512();
+        for (int i = 0; i < 16; i += 2) {
+            t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+        }
+        for (int g = 0; g < 16; g += 4) {
+            u[g + 0] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+            u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+            u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+            u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+        }
+        uint16_t *out = dst + (size_t)(k0 / 2) * 32;
+        for (int e = 0; e < 4; e++) {
+            const __m512i v0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x44),
+                          v1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xEE);
+            const __m512i w0 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x44),
+                          w1 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xEE);
+            _mm512_storeu_si512(out + (size_t)(0 + e) * 32, _mm512_shuffle_i32x4(v0, w0, 0x88));
+            _mm512_storeu_si512(out + (size_t)(4 + e) * 32, _mm512_shuffle_i32x4(v0, w0, 0xDD));
+            _mm512_storeu_si512(out + (size_t)(8 + e) * 32, _mm512_shuffle_i32x4(v1, w1, 0x88));
+            _mm512_storeu_si512(out + (size_t)(12 + e) * 32, _mm512_shuffle_i32x4(v1, w1, 0xDD));
+        }
+    }
+}
+
+/* nn: reduction rows 2q and 2q+1 of B, 16 columns each, interleaved into 32-bit pairs. */
+T_AVX512 static void pack_panel_nn_avx512(const gb_job *j, int c0, uint16_t *dst) {
+    const int ncol = j->NC - c0 < 16 ? j->NC - c0 : 16;
+    const __mmask16 m = (__mmask16)((1u << ncol) - 1u);
+    for (int q = 0; q < j->Rp / 2; q++) {
+        const int r0 = 2 * q, r1 = 2 * q + 1;
+        __m256i lo =
+            r0 < j->R ? _mm256_maskz_loadu_epi16(m, j->B + (size_t)r0 * j->ldb + c0) : _mm256_setzero_si256();
+        __m256i hi =
+            r1 < j->R ? _mm256_maskz_loadu_epi16(m, j->B + (size_t)r1 * j->ldb + c0) : _mm256_setzero_si256();
+        __m512i v =
+            _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+        _mm512_storeu_si512(dst + (size_t)q * 32, v);
+    }
+}
+
+/* C rows i0.., columns n0..: store or add the local 32 x 32 block (row stride 32). */
+T_AVX512 static void write_tile_avx512(const gb_job *j, int i0, int n0, const float *cb) {
+    const int rows = j->M - i0 < 32 ? j->M - i0 : 32, cols = j->NC - n0 < 32 ? j->NC - n0 : 32;
+    const __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1u);
+    const __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1u);
+    for (int i = 0; i < rows; i++) {
+        float *c = j->C + (size_t)(i0 + i) * j->ldc + n0;
+        __m512 a = _mm512_loadu_ps(cb + i * 32), b = _mm512_loadu_ps(cb + i * 32 + 16);
+        if (j->acc) {
+            a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m0, c));
+            b = _mm512_add_ps(b, _mm512_maskz_loadu_ps(m1, c + 16));
+        }
+        _mm512_mask_storeu_ps(c, m0, a);
+        _mm512_mask_storeu_ps(c + 16, m1, b);
+    }
+}
+
+/* 32 x 32 block: A rows (stride Rp), two panels; rows: how many rows of the block are real. */
+T_AVX512 static void tile_avx512(const uint16_t *a, int Rp, const uint16_t *p0, const uint16_t *p1, float *cb,
+                                 int rows) {
+    for (int g = 0; g < 32 && g < rows; g += 8) {
+        __m512 c[8][2];
+        for (int i = 0; i < 8; i++)
+            c[i][0] = c[i][1] = _mm512_setzero_ps();
+        const uint16_t *ag = a + (size_t)g * Rp;
+        for (int q = 0; q < Rp / 2; q++) {
+            const __m512bh b0 = (__m512bh)_mm512_loadu_si512(p0 + (size_t)q * 32);
+            const __m512bh b1 = (__m512bh)_mm512_loadu_si512(p1 + (size_t)q * 32);
+            for (int i = 0; i < 8; i++) {
+                int32_t pair;
+                memcpy(&pair, ag + (size_t)i * Rp + 2 * q, 4);
+                const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+                c[i][0] = _mm512_dpbf16_ps(c[i][0], av, b0);
+                c[i][1] = _mm512_dpbf16_ps(c[i][1], av, b1);
+            }
+        }
+        for (int i = 0; i < 8; i++) {
+            _mm512_storeu_ps(cb + (g + i) * 32, c[i][0]);
+            _mm512_storeu_ps(cb + (g + i) * 32 + 16, c[i][1]);
+        }
+    }
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+
+T_AMX static void amx_config(void) {
+    amx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    /* inline asm with the whole struct as input: GCC 12's builtin lets the stores to colsb/rows be dropped */
+    __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+}
+
+T_AMX static void amx_release(void) {
+    _tile_release();
+}
+
+T_AMX static void tile_amx(const uint16_t *a, int Rp, const uint16_t *p0, const uint16_t *p1, float *cb) {
+    const long sa = (long)Rp * 2;
+    const uint16_t *a1 = a + (size_t)16 * Rp;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    __asm__ volatile("" ::: "memory");
+    for (int k = 0; k < Rp; k += 32) {
+        _tile_loadd(4, a + k, sa);
+        _tile_loadd(5, a1 + k, sa);
+        _tile_loadd(6, p0 + (size_t)k * 16, 64);
+        _tile_loadd(7, p1 + (size_t)k * 16, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, cb, 128);
+    _tile_stored(1, cb + 16, 128);
+    _tile_stored(2, cb + 16 * 32, 128);
+    _tile_stored(3, cb + 16 * 32 + 16, 128);
+    __asm__ volatile("" ::: "memory");
+}
+#endif
+
+static void write_tile_generic(const gb_job *j, int i0, int n0, const float *cb) {
+    for (int i = 0; i < 32 && i0 + i < j->M; i++)
+        for (int n = 0; n < 32 && n0 + n < j->NC; n++) {
+            float *c = j->C + (size_t)(i0 + i) * j->ldc + n0 + n;
+            *c = j->acc ? *c + cb[i * 32 + n] : cb[i * 32 + n];
+        }
+}
+
+static void tile_generic(const uint16_t *a, int Rp, const uint16_t *p0, const uint16_t *p1, float *cb,
+                         int rows) {
+    for (int i = 0; i < 32; i++)
+        for (int n = 0; n < 32; n++) {
+            const uint16_t *p = n < 16 ? p0 : p1;
+            const int jj = n & 15;
+            float s = 0.0f;
+            if (i < rows)
+                for (int q = 0; q < Rp / 2; q++)
+                    s += bf16_f32(a[(size_t)i * Rp + 2 * q]) * bf16_f32(p[(size_t)q * 32 + jj * 2]) +
+                         bf16_f32(a[(size_t)i * Rp + 2 * q + 1]) * bf16_f32(p[(size_t)q * 32 + jj * 2 + 1]);
+            cb[i * 32 + n] = s;
+        }
+}
+
+/* ---- drivers ---- */
+
+#define GB_CHUNK_BYTES (1u << 20) /* packed B per column chunk */
+
+static void run_packed(gb_job *j, int path) {
+    const int Rp = j->Rp, Mp = j->Mp;
+    int chunk = (int)(GB_CHUNK_BYTES / ((size_t)Rp * 2)) & ~31;
+    if (chunk < 32) chunk = 32;
+    if (chunk > up32(j->NC)) chunk = up32(j->NC);
+    uint16_t *pa = aligned_alloc(64, sizeof(uint16_t) * (size_t)Mp * Rp);
+    uint16_t *pb = aligned_alloc(64, sizeof(uint16_t) * (size_t)chunk * Rp);
+    if (!pa || !pb) { /* out of memory: the plain loops need no buffers */
+        free(pa);
+        free(pb);
+        pa = pb = NULL;
+    }
+#pragma omp parallel if (pa != NULL)
+    {
+        if (pa) {
+#if GB_X86
+            if (path == P_AMX) amx_config();
+#endif
+#pragma omp for schedule(static)
+            for (int m = 0; m < Mp; m++)
+                pack_a_row(j, m, pa + (size_t)m * Rp, path);
+            float cb[32 * 32] __attribute__((aligned(64)));
+            for (int c0 = 0; c0 < j->NC; c0 += chunk) {
+                const int w = j->NC - c0 < chunk ? up32(j->NC - c0) : chunk, npan = w / 16;
+#pragma omp for schedule(static)
+                for (int p = 0; p < npan; p++) {
+                    uint16_t *dst = pb + (size_t)p * Rp * 16;
+#if GB_X86
+                    if (path >= P_AVX512 && j->op == 0)
+                        pack_panel_nt_avx512(j, c0 + p * 16, dst);
+                    else if (path >= P_AVX512)
+                        pack_panel_nn_avx512(j, c0 + p * 16, dst);
+                    else
+#endif
+                        pack_panel_generic(j, c0 + p * 16, dst);
+                }
+                const int mt = Mp / 32, ntl = w / 32;
+#pragma omp for schedule(static)
+                for (int t = 0; t < mt * ntl; t++) {
+                    const int mi = t / ntl, ni = t % ntl, i0 = mi * 32, n0 = c0 + ni * 32;
+                    const uint16_t *a = pa + (size_t)i0 * Rp, *p0 = pb + (size_t)(2 * ni) * Rp * 16,
+                                   *p1 = p0 + (size_t)Rp * 16;
+                    const int rows = j->M - i0;
+#if GB_X86
+                    if (path == P_AMX) {
+                        tile_amx(a, Rp, p0, p1, cb);
+                        write_tile_avx512(j, i0, n0, cb);
+                        continue;
+                    }
+                    if (path == P_AVX512) {
+                        tile_avx512(a, Rp, p0, p1, cb, rows);
+                        write_tile_avx512(j, i0, n0, cb);
+                        continue;
+                    }
+#endif
+                    tile_generic(a, Rp, p0, p1, cb, rows);
+                    write_tile_generic(j, i0, n0, cb);
+                }
+            }
+#if GB_X86
+            if (path == P_AMX) amx_release();
+#endif
+        }
+    }
+    if (!pa) { /* fallback without buffers */
+        for (int m = 0; m < j->M; m++)
+            for (int c = 0; c < j->NC; c++) {
+                float s = 0.0f;
+                for (int r = 0; r < j->R; r++)
+                    s += bf16_f32(bf16_round(j->A[(size_t)m * j->lda + r])) * bf16_f32(b_at(j, r, c));
+                float *cc = j->C + (size_t)m * j->ldc + c;
+                *cc = j->acc ? *cc + s : s;
+            }
+    }
+    free(pa);
+    free(pb);
+}
+
+#if GB_X86
+/* AVX2: bf16-rounded A and widened B as f32, products and sums by SGEMM. B is widened in row chunks of
+ * about 4 MiB of f32 (rows of B are output columns for nt, reduction rows for nn). */
+static int run_avx2(gb_job *j) {
+    const int M = j->M, N = j->op == 0 ? j->NC : j->R, K = j->op == 0 ? j->R : j->NC;
+    int rows = (int)((1u << 20) / (unsigned)(K > 0 ? K : 1));
+    if (rows < 16) rows = 16;
+    if (rows > N) rows = N;
+    float *fa = malloc(sizeof(float) * (size_t)M * j->R), *fb = malloc(sizeof(float) * (size_t)rows * K);
+    if (!fa || !fb) {
+        free(fa);
+        free(fb);
+        return -1;
+    }
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++)
+        round_f32_avx2(j->A + (size_t)m * j->lda, fa + (size_t)m * j->R, (size_t)j->R);
+    for (int r0 = 0; r0 < N; r0 += rows) {
+        const int n = N - r0 < rows ? N - r0 : rows;
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < n; r++)
+            widen_avx2(j->B + (size_t)(r0 + r) * j->ldb, fb + (size_t)r * K, (size_t)K);
+        if (j->op == 0) /* C[:, r0 .. r0+n) = fa fb^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, n, K, 1.0f, fa, j->R, fb, K,
+                        j->acc ? 1.0f : 0.0f, j->C + r0, j->ldc);
+        else /* C += fa[:, r0 .. r0+n) fb */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, n, 1.0f, fa + r0, j->R, fb, K,
+                        (j->acc || r0 > 0) ? 1.0f : 0.0f, j->C, j->ldc);
+    }
+    free(fa);
+    free(fb);
+    return 0;
+}
+#endif
+
+static void gemm(gb_job *j) {
+    if (j->M <= 0 || j->NC <= 0) return;
+    if (j->R <= 0) {
+        if (!j->acc)
+            for (int m = 0; m < j->M; m++)
+                memset(j->C + (size_t)m * j->ldc, 0, sizeof(float) * (size_t)j->NC);
+        return;
+    }
+    const int path = path_now();
+    j->Mp = up32(j->M);
+    j->Rp = up32(j->R);
+#if GB_X86
+    if (path == P_AVX2 && run_avx2(j) == 0) return;
+#endif
+    run_packed(j, path == P_AVX2 ? P_GENERIC : path);
 }
 
 void eng_gemm_bf16_nt(int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float *C,
                       int ldc, int accumulate) {
-#pragma omp parallel for schedule(static)
-    for (int m = 0; m < M; m++)
-        for (int n = 0; n < N; n++) {
-            float s = 0.0f;
-            for (int k = 0; k < K; k++)
-                s += bf16_f32(bf16_round(A[(size_t)m * lda + k])) * bf16_f32(B[(size_t)n * ldb + k]);
-            C[(size_t)m * ldc + n] = accumulate ? C[(size_t)m * ldc + n] + s : s;
-        }
+    gb_job j = {.op = 0,
+                .M = M,
+                .NC = N,
+                .R = K,
+                .A = A,
+                .lda = lda,
+                .B = B,
+                .ldb = ldb,
+                .C = C,
+                .ldc = ldc,
+                .acc = accumulate};
+    gemm(&j);
 }
 
 void eng_gemm_bf16_nn(int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float *C,
                       int ldc, int accumulate) {
-#pragma omp parallel for schedule(static)
-    for (int m = 0; m < M; m++)
-        for (int k = 0; k < K; k++) {
-            float s = 0.0f;
-            for (int n = 0; n < N; n++)
-                s += bf16_f32(bf16_round(A[(size_t)m * lda + n])) * bf16_f32(B[(size_t)n * ldb + k]);
-            C[(size_t)m * ldc + k] = accumulate ? C[(size_t)m * ldc + k] + s : s;
-        }
+    gb_job j = {.op = 1,
+                .M = M,
+                .NC = K,
+                .R = N,
+                .A = A,
+                .lda = lda,
+                .B = B,
+                .ldb = ldb,
+                .C = C,
+                .ldc = ldc,
+                .acc = accumulate};
+    gemm(&j);
 }
