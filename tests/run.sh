@@ -6,6 +6,9 @@
 #   py     tests/py/test_*.py        pytest in the test virtualenv: integration (real `lathe serve`) and
 #                                    PyTorch/HF references
 # LATHE_TESTS=unit,py (say) runs a subset; PYTEST_ARGS passes flags to pytest (e.g. "-k catalog").
+# PostgreSQL: the store unit tests (PG_UNIT) and the store-touching Python files (PG_PY) run a second time on a
+# throwaway PostgreSQL server (tests/pg-start.sh; or the one LATHE_TEST_PG names). LATHE_TEST_NO_PG=1 skips
+# that pass; so does a machine where PostgreSQL cannot start, saying why.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -35,12 +38,36 @@ count_cmocka() { # name logfile rc
     fi
 }
 
+PG_UNIT="test_store test_queue test_artifacts_store"
+PG_PY="test_identity test_jobs test_artifacts test_worker test_authz_matrix test_dn_sdk test_cli test_admin_cli"
+pg_url=${LATHE_TEST_PG:-}
+unset LATHE_TEST_PG # the first pass runs on SQLite
+if [ -n "${LATHE_TEST_NO_PG:-}" ]; then
+    pg_url=""
+    echo "skip postgres pass (LATHE_TEST_NO_PG is set)"
+elif [ -z "$pg_url" ] && { [[ $only == *,unit,* ]] || [[ $only == *,py,* ]]; }; then
+    pg_dir=$(mktemp -d /tmp/lathe-pg-XXXXXX)
+    if pg_url=$(tests/pg-start.sh "$pg_dir" 2>"$log_dir/pg-start.log"); then
+        trap 'tests/pg-stop.sh "$pg_dir"' EXIT
+    else
+        pg_url=""
+        echo "skip postgres pass: $(tr '\n' ' ' <"$log_dir/pg-start.log")"
+        rm -rf "$pg_dir"
+    fi
+fi
+
 if [[ $only == *,unit,* ]]; then
     for t in $B/tests/test_*; do
         [ -x "$t" ] || continue
         n=unit/$(basename "$t")
         "$t" >"$log_dir/$(basename "$t").log" 2>&1
         count_cmocka "$n" "$log_dir/$(basename "$t").log" $?
+    done
+    for name in $PG_UNIT; do
+        t=$B/tests/$name
+        [ -n "$pg_url" ] && [ -x "$t" ] || continue
+        LATHE_TEST_PG=$pg_url "$t" >"$log_dir/pg-$name.log" 2>&1
+        count_cmocka "unit-postgres/$name" "$log_dir/pg-$name.log" $?
     done
 fi
 
@@ -77,18 +104,31 @@ if [[ $only == *,fuzz,* ]]; then
     done
 fi
 
-if [[ $only == *,py,* ]] && ls tests/py/test_*.py >/dev/null 2>&1; then
-    venv=$(scripts/venv-path)
-    export LATHE_BIN="$root/$B/lathe" LATHE_ROOT="$root"
-    "$venv/bin/python" -m pytest tests/py -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$log_dir/pytest.log"
-    line=$(grep -E '(passed|failed|error)' "$log_dir/pytest.log" | tail -1)
+count_pytest() { # name logfile
+    local line p f e
+    line=$(grep -E '(passed|failed|error)' "$2" | tail -1)
     p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')
     f=$(echo "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')
     e=$(echo "$line" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+')
     passed=$((passed + ${p:-0}))
     failed=$((failed + ${f:-0} + ${e:-0}))
-    if [ -z "$line" ]; then failed=$((failed + 1)); failed_names+=("pytest (no summary)"); fi
-    [ "${f:-0}" -gt 0 ] || [ "${e:-0}" -gt 0 ] && failed_names+=("pytest")
+    if [ -z "$line" ]; then failed=$((failed + 1)); failed_names+=("$1 (no summary)"); fi
+    [ "${f:-0}" -gt 0 ] || [ "${e:-0}" -gt 0 ] && failed_names+=("$1")
+}
+
+if [[ $only == *,py,* ]] && ls tests/py/test_*.py >/dev/null 2>&1; then
+    venv=$(scripts/venv-path)
+    export LATHE_BIN="$root/$B/lathe" LATHE_ROOT="$root"
+    "$venv/bin/python" -m pytest tests/py -q -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$log_dir/pytest.log"
+    count_pytest pytest "$log_dir/pytest.log"
+    if [ -n "$pg_url" ]; then
+        files=()
+        for name in $PG_PY; do [ -f "tests/py/$name.py" ] && files+=("tests/py/$name.py"); done
+        echo "pytest on postgres: ${files[*]}"
+        LATHE_TEST_STORE=postgres LATHE_TEST_PG=$pg_url "$venv/bin/python" -m pytest "${files[@]}" -q \
+            -p no:cacheprovider ${PYTEST_ARGS:-} 2>&1 | tee "$log_dir/pytest-postgres.log"
+        count_pytest pytest-postgres "$log_dir/pytest-postgres.log"
+    fi
 fi
 
 [ ${#failed_names[@]} -gt 0 ] && echo "failed: ${failed_names[*]}"

@@ -273,8 +273,8 @@ def test_serve_refuses_bad_store_and_listen(tmp_path):
         return subprocess.run([str(LATHE_BIN), "serve", "--data-dir", str(tmp_path / "d"), *args],
                               capture_output=True, text=True, timeout=30)
 
-    cp = run("--db", "postgres://lathe@db/lathe", "--listen", "127.0.0.1:0")
-    assert cp.returncode == 1 and "PostgreSQL driver is not available" in cp.stderr
+    cp = run("--db", "postgres://lathe@127.0.0.1:1/lathe", "--listen", "127.0.0.1:0")  # nothing listens there
+    assert cp.returncode == 1 and "cannot connect to 127.0.0.1/lathe" in cp.stderr, cp.stderr
     cp = run("--listen", "127.0.0.1:notaport")
     assert cp.returncode == 1 and "HOST:PORT" in cp.stderr
 
