@@ -29,7 +29,7 @@ The server object (LatheServer) has:
     stop(sig=SIGTERM, timeout=30) -> exit code (the fixture checks it is 0 at teardown)
 
 Environment: LATHE_BIN (default <repo>/build/lathe) is the binary under test; LATHE_ROOT the repo root
-(default: two levels above this file). SHARED is <repo>/../shared (fixtures). The factory sets
+(default: two levels above this file). FIXTURES is <repo>/tests/fixtures (tokenizer files). The factory sets
 LATHE_RATE_LIMIT=0 (off) unless the test passes its own, so that bursts of test requests are not throttled;
 every other setting keeps the server's default unless given in env= or args=.
 
@@ -57,7 +57,7 @@ import pg
 
 ROOT = pathlib.Path(os.environ.get("LATHE_ROOT", pathlib.Path(__file__).resolve().parents[2]))
 LATHE_BIN = pathlib.Path(os.environ.get("LATHE_BIN", ROOT / "build" / "lathe"))
-SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 START_TIMEOUT_S = 30
 

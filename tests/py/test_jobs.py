@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from conftest import LATHE_BIN, SHARED, _start, _stop_all, assert_envelope  # noqa: F401
+from conftest import LATHE_BIN, _start, _stop_all, assert_envelope  # noqa: F401
 
 BASE = "/api/v1/org/default/ws/main/training/jobs"
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

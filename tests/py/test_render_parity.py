@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 ROOT = os.environ.get("LATHE_ROOT", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BIN = os.environ.get("LATHE_BIN", os.path.join(ROOT, "build", "lathe"))
-FIX = os.path.join(ROOT, "..", "shared", "fixtures", "tokenizers")
+FIX = os.path.join(ROOT, "tests", "fixtures", "tokenizers")
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,5 +1,5 @@
 """Token-exact parity of `lathe tokenize` / `lathe detokenize` with Hugging Face `tokenizers` on the real
-Llama 3 and Qwen3 tokenizer.json files (shared/fixtures/tokenizers).
+Llama 3 and Qwen3 tokenizer.json files (tests/fixtures/tokenizers).
 
 The corpus is a hand-written list of hard cases (contractions in any case, digit runs, CJK, emoji, combining
 marks, NBSP and other Unicode spaces, CRLF, long whitespace runs, special tokens inside text) plus a few
@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 ROOT = os.environ.get("LATHE_ROOT", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BIN = os.environ.get("LATHE_BIN", os.path.join(ROOT, "build", "lathe"))
-FIX = os.path.join(ROOT, "..", "shared", "fixtures", "tokenizers")
+FIX = os.path.join(ROOT, "tests", "fixtures", "tokenizers")
 FAMILIES = ["llama3", "qwen3"]
 
 HAND = [

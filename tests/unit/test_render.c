@@ -1,5 +1,5 @@
 /* Unit tests for train/render: the qwen3, llama3, chatml and role_colon formats on the real tokenizers in
- * ../shared/fixtures (decoded text and weights), renderer choice, stop tokens, options and error messages.
+ * tests/fixtures/tokenizers (decoded text and weights), renderer choice, stop tokens, options and errors.
  * Token-exactness against the jinja2 templates is tests/py/test_render_parity.py. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,7 +23,7 @@ static eng_tokenizer *qwen, *llama;
 static eng_tokenizer *fixture(const char *name) {
     const char *root = getenv("LATHE_ROOT");
     char path[1024];
-    snprintf(path, sizeof path, "%s/../shared/fixtures/tokenizers/%s", root ? root : ".", name);
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/%s", root ? root : ".", name);
     lt_err err = {0};
     eng_tokenizer *t = eng_tok_load(path, &err);
     if (!t) fprintf(stderr, "%s\n", err.msg);

@@ -1,7 +1,7 @@
 /* Unit tests for engine/tokenizer: small hand-written tokenizer.json files, one per feature (merge formats,
  * ignore_merges, added tokens and their flags, NFC, split behaviors, Digits, unk handling, ByteLevel decode
  * with invalid UTF-8), the error messages for malformed files and input, and a smoke test on the real Llama 3
- * and Qwen3 files in ../shared/fixtures (expected ids from Hugging Face tokenizers 0.23). */
+ * and Qwen3 files in tests/fixtures/tokenizers (expected ids from Hugging Face tokenizers 0.23). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -433,7 +433,7 @@ static void test_bos_eos_without_config(void **state) {
 static void test_real_files(void **state) {
     const char *root = getenv("LATHE_ROOT");
     char path[1024];
-    snprintf(path, sizeof path, "%s/../shared/fixtures/tokenizers/llama3", root ? root : ".");
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/llama3", root ? root : ".");
     lt_err err = {0};
     eng_tokenizer *l = eng_tok_load(path, &err);
     if (!l) fprintf(stderr, "%s\n", err.msg);
@@ -448,7 +448,7 @@ static void test_real_files(void **state) {
         l, "Hello world, I'M here 12345 你好 <|eot_id|>", 1,
         (const int[]){9906, 1917, 11, 358, 28703, 1618, 220, 4513, 1774, 118195, 53901, 220, 128009, -1});
     eng_tok_free(l);
-    snprintf(path, sizeof path, "%s/../shared/fixtures/tokenizers/qwen3/tokenizer.json", root ? root : ".");
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/qwen3/tokenizer.json", root ? root : ".");
     eng_tokenizer *q = eng_tok_load(path, &err);
     assert_non_null(q);
     assert_int_equal(eng_tok_bos_id(q), -1); /* bos_token: null in tokenizer_config.json */
@@ -485,7 +485,7 @@ static void *encode_many(void *arg) {
 static void test_shared_between_threads(void **state) {
     const char *root = getenv("LATHE_ROOT");
     char path[1024];
-    snprintf(path, sizeof path, "%s/../shared/fixtures/tokenizers/qwen3", root ? root : ".");
+    snprintf(path, sizeof path, "%s/tests/fixtures/tokenizers/qwen3", root ? root : ".");
     lt_err err = {0};
     eng_tokenizer *t = eng_tok_load(path, &err);
     assert_non_null(t);
