@@ -26,16 +26,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "engine/engine.h"
+#include "engine/gguf_model.h"
 #include "engine/losses.h"
 #include "util/util.h"
 
 static void usage(FILE *f) {
     fputs(
-        "usage: lathe bench gemm|train|sample|rl [--preset smollm2-135m] [--batch B] [--seq T] [--steps N]\n"
-        "                                    [--threads N] [--json]\n\n"
+        "usage: lathe bench gemm|train|sample|rl [--preset smollm2-135m | --model DIR|FILE.gguf] [--batch "
+        "B]\n"
+        "                                    [--seq T] [--steps N] [--threads N] [--peer llama.cpp] "
+        "[--json]\n\n"
         "  gemm    measured SGEMM GFLOP/s at the thread count (the practical peak)\n"
         "  train   tokens/s, ms/step by phase, achieved GFLOP/s and share of the SGEMM peak, peak RSS vs "
         "the\n"
@@ -47,7 +52,11 @@ static void usage(FILE *f) {
         "          32 tokens after a 32-token prompt, then an importance_sampling update on them\n"
         "Defaults: --preset smollm2-135m --batch 4 (rl: 8) --seq 128 --steps 3, threads = OpenMP's default.\n"
         "Presets: smollm2-135m (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536, vocab 49152,\n"
-        "tied), tiny (hidden 64, 2 layers, vocab 512; for smoke tests).\n",
+        "tied), tiny (hidden 64, 2 layers, vocab 512; for smoke tests).\n"
+        "--model runs on a real model's weights instead (a model dir or a GGUF file, widened to f32 at "
+        "load).\n"
+        "--peer llama.cpp (sample --model FILE.gguf): also runs bench/llamacpp_sample.py (llama-cpp-python,\n"
+        "LATHE_PYTHON or the test venv's python) on the same file and thread count and prints the ratio.\n",
         f);
 }
 
@@ -138,8 +147,18 @@ static double copy_bandwidth(void) {
 
 typedef struct {
     const char *what, *preset;
+    const char *model; /* --model PATH (a model dir or .gguf): its real weights instead of the preset's */
+    const char *peer;  /* --peer llama.cpp (sample on a .gguf) */
     int batch, seq, steps, threads, json;
+    char label[600]; /* "preset NAME" or "model PATH" */
 } bench_opts;
+
+/* The JSON's "preset" is null and "model" the path when the run used --model. */
+static void json_source(json_t *j, const bench_opts *o) {
+    if (!o->model) return;
+    json_object_set_new(j, "preset", json_null());
+    json_object_set_new(j, "model", json_string(o->model));
+}
 
 static long long nmm_params(const eng_model *m) {
     long long per = (long long)m->C * m->Dq * 2 + (long long)m->C * m->Dk * 2 + 3LL * m->C * m->F;
@@ -148,13 +167,20 @@ static long long nmm_params(const eng_model *m) {
 
 static eng_model *bench_model(const bench_opts *o, lt_err *err) {
     eng_config c;
-    if (preset(o->preset, &c)) {
-        lt_err_set(err, 400, "unknown --preset '%s' (smollm2-135m or tiny)", o->preset);
-        return NULL;
+    eng_model *m = NULL;
+    if (o->model) {
+        m = eng_model_load(o->model, eng_kernels_cpu(), err);
+        if (!m) return NULL;
+        if (m->load_note[0] && !o->json) printf("%s: %s\n", o->model, m->load_note);
+    } else {
+        if (preset(o->preset, &c)) {
+            lt_err_set(err, 400, "unknown --preset '%s' (smollm2-135m or tiny)", o->preset);
+            return NULL;
+        }
+        m = eng_model_new(&c, eng_kernels_cpu(), err);
+        if (!m) return NULL;
+        eng_model_init_random(m, 1, 0.02f);
     }
-    eng_model *m = eng_model_new(&c, eng_kernels_cpu(), err);
-    if (!m) return NULL;
-    eng_model_init_random(m, 1, 0.02f);
     eng_lora_config lc = {.rank = 16, .alpha = 32, .targets = ENG_LORA_ALL, .seed = 1};
     if (eng_model_lora_init(m, &lc, err)) {
         eng_model_free(m);
@@ -240,6 +266,7 @@ static int bench_train(const bench_opts *o) {
     if (o->json) {
         json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i}", "bench", "train", "preset", o->preset,
                               "batch", B, "seq", T, "threads", o->threads, "steps", o->steps);
+        json_source(j, o);
         json_object_set_new(j, "tokens_per_s", json_real(tps));
         json_object_set_new(j, "ms_per_step", json_real(step_s * 1e3));
         json_t *p = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "gemm", ph[ENG_PH_GEMM], "attention",
@@ -260,9 +287,8 @@ static int bench_train(const bench_opts *o) {
         json_object_set_new(j, "arena_bytes", json_real(arena));
         print_json(j);
     } else {
-        printf(
-            "train: preset %s, batch %d x seq %d, LoRA r16 on q,k,v,o,gate,up,down, %d thread(s), %d steps\n",
-            o->preset, B, T, o->threads, o->steps);
+        printf("train: %s, batch %d x seq %d, LoRA r16 on q,k,v,o,gate,up,down, %d thread(s), %d steps\n",
+               o->label, B, T, o->threads, o->steps);
         printf("  %-28s %12.1f\n", "tokens/s", tps);
         printf("  %-28s %12.1f\n", "ms/step", step_s * 1e3);
         const char *names[ENG_NPHASES] = {"GEMM (linear + LoRA)", "attention", "norms/rope/act/residual",
@@ -285,6 +311,68 @@ done:
     free(tok), free(tg), free(d), free(lp);
     eng_close(e);
     return rc;
+}
+
+/* bench/llamacpp_sample.py beside this build (LATHE_ROOT, else two levels above the binary), run with
+ * LATHE_PYTHON (else the test venv's python, else python3). Returns its tokens/s at batch 1, or -1 with a
+ * message on stderr. */
+static double run_llamacpp_peer(const char *model, int threads) {
+    char exe[4096] = "", script[4200], py[4200], th[16];
+    const char *root = getenv("LATHE_ROOT");
+    if (!root || !*root) {
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (n > 0) exe[n] = 0;
+        for (int up = 0; up < 2; up++) {
+            char *sl = strrchr(exe, '/');
+            if (sl) *sl = 0;
+        }
+        root = exe;
+    }
+    snprintf(script, sizeof script, "%s/bench/llamacpp_sample.py", root);
+    if (access(script, R_OK) != 0) {
+        fprintf(stderr, "lathe bench: %s not found (set LATHE_ROOT to the lathe checkout)\n", script);
+        return -1;
+    }
+    const char *envpy = getenv("LATHE_PYTHON"), *home = getenv("HOME");
+    if (envpy && *envpy)
+        snprintf(py, sizeof py, "%s", envpy);
+    else {
+        snprintf(py, sizeof py, "%s/.cache/lathe/venv/bin/python", home ? home : "/root");
+        if (access(py, X_OK) != 0) snprintf(py, sizeof py, "python3");
+    }
+    snprintf(th, sizeof th, "%d", threads);
+    int fd[2];
+    if (pipe(fd) != 0) return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        close(fd[0]), close(fd[1]);
+        execlp(py, py, script, "--model", model, "--threads", th, "--json", (char *)NULL);
+        fprintf(stderr, "lathe bench: cannot run %s: %s\n", py, strerror(errno));
+        _exit(127);
+    }
+    close(fd[1]);
+    char buf[4096];
+    size_t len = 0;
+    ssize_t r;
+    while (len < sizeof buf - 1 && (r = read(fd[0], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)r;
+    buf[len] = 0;
+    close(fd[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    json_error_t je;
+    json_t *j = WIFEXITED(st) && WEXITSTATUS(st) == 0 ? json_loads(buf, 0, &je) : NULL;
+    double tps = j ? json_number_value(json_object_get(j, "tokens_per_s_batch1")) : 0;
+    json_decref(j);
+    if (!(tps > 0)) {
+        fprintf(stderr, "lathe bench: %s %s failed (exit %d)\n", py, script,
+                WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        return -1;
+    }
+    return tps;
 }
 
 static int bench_sample(const bench_opts *o) {
@@ -333,30 +421,43 @@ static int bench_sample(const bench_opts *o) {
     }
     double wbytes = (double)eng_model_base_bytes(m) + (double)m->n_lora * sizeof(float);
     double bound = bw * 1e9 / wbytes;
+    double peer = o->peer ? run_llamacpp_peer(o->model, o->threads) : 0;
+    if (o->peer && peer < 0) goto fail_quiet;
     if (o->json) {
         json_t *j = json_pack("{s:s, s:s, s:i, s:i}", "bench", "sample", "preset", o->preset, "threads",
                               o->threads, "generated_per_run", gen);
+        json_source(j, o);
         json_object_set_new(j, "tokens_per_s_batch1", json_real(tps[0]));
         json_object_set_new(j, "tokens_per_s_batch16", json_real(tps[1]));
         json_object_set_new(j, "copy_bandwidth_gbs", json_real(bw));
         json_object_set_new(j, "weight_bytes_per_token", json_real(wbytes));
         json_object_set_new(j, "bandwidth_bound_tokens_per_s", json_real(bound));
         json_object_set_new(j, "batch1_share_of_bound", json_real(tps[0] / bound));
+        if (o->peer) {
+            json_object_set_new(j, "peer", json_string(o->peer));
+            json_object_set_new(j, "peer_tokens_per_s_batch1", json_real(peer));
+            json_object_set_new(j, "ratio_to_peer_batch1", json_real(tps[0] / peer));
+        }
         print_json(j);
     } else {
-        printf("sample: preset %s, 16-token prompt, %d generated tokens, %d thread(s)\n", o->preset, gen,
-               o->threads);
+        printf("sample: %s, 16-token prompt, %d generated tokens, %d thread(s)\n", o->label, gen, o->threads);
         printf("  %-34s %10.1f tokens/s\n", "batch 1", tps[0]);
         printf("  %-34s %10.1f tokens/s\n", "batch 16", tps[1]);
         printf("  %-34s %10.1f GB/s (read + write)\n", "copy bandwidth", bw);
         printf("  %-34s %10.1f MB\n", "weight bytes per token (f32)", wbytes / 1e6);
         printf("  %-34s %10.1f tokens/s\n", "bandwidth bound at batch 1", bound);
         printf("  %-34s %9.1f %%\n", "batch 1 share of the bound", 100.0 * tps[0] / bound);
+        if (o->peer) {
+            printf("  %-34s %10.1f tokens/s (same file, %d thread(s))\n", "llama.cpp batch 1", peer,
+                   o->threads);
+            printf("  %-34s %10.2f x\n", "lathe / llama.cpp at batch 1", tps[0] / peer);
+        }
     }
     eng_close(e);
     return EXIT_OK;
 fail:
     fprintf(stderr, "lathe bench sample: %s\n", err.msg);
+fail_quiet:
     eng_close(e);
     return EXIT_FAIL;
 }
@@ -443,6 +544,7 @@ static int bench_rl(const bench_opts *o) {
         json_t *j =
             json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i}", "bench", "rl", "preset", o->preset, "group", G,
                       "prompt_tokens", P, "max_new_tokens", GEN, "threads", o->threads, "steps", o->steps);
+        json_source(j, o);
         json_object_set_new(j, "ms_per_step", json_real(total / n * 1e3));
         json_object_set_new(j, "ms_by_phase",
                             json_pack("{s:f, s:f, s:f}", "sampling", t_sample / n * 1e3, "scoring",
@@ -451,10 +553,9 @@ static int bench_rl(const bench_opts *o) {
         json_object_set_new(j, "trained_tokens_per_s", json_real(trained / t_train));
         print_json(j);
     } else {
-        printf(
-            "rl: preset %s, %d completions x %d tokens after a %d-token prompt, LoRA r16, %d thread(s), %d "
-            "steps\n",
-            o->preset, G, GEN, P, o->threads, o->steps);
+        printf("rl: %s, %d completions x %d tokens after a %d-token prompt, LoRA r16, %d thread(s), %d "
+               "steps\n",
+               o->label, G, GEN, P, o->threads, o->steps);
         printf("  %-28s %10.1f ms  (%4.1f %%)  %8.1f sampled tokens/s (one batched decode)\n", "sampling",
                t_sample / n * 1e3, 100 * t_sample / total, sampled / t_sample);
         printf("  %-28s %10.2f ms  (%4.1f %%)\n", "scoring + advantages", t_score / n * 1e3,
@@ -511,6 +612,10 @@ int cmd_bench(int argc, char **argv) {
         int bad = 0;
         if (!strcmp(a, "--preset"))
             o.preset = v;
+        else if (!strcmp(a, "--model"))
+            o.model = v;
+        else if (!strcmp(a, "--peer"))
+            o.peer = v;
         else if (!strcmp(a, "--batch"))
             bad = parse_pos(a, v, &o.batch);
         else if (!strcmp(a, "--seq"))
@@ -530,6 +635,12 @@ int cmd_bench(int argc, char **argv) {
         return EXIT_USAGE;
     }
     if (!o.batch) o.batch = strcmp(o.what, "rl") ? 4 : 8;
+    if (o.peer && (strcmp(o.peer, "llama.cpp") != 0 || strcmp(o.what, "sample") != 0 || !o.model ||
+                   !eng_path_is_gguf(o.model))) {
+        fprintf(stderr, "lathe bench: --peer llama.cpp is the only peer, for `sample --model FILE.gguf`\n");
+        return EXIT_USAGE;
+    }
+    snprintf(o.label, sizeof o.label, "%s %s", o.model ? "model" : "preset", o.model ? o.model : o.preset);
     eng_set_threads(o.threads);
     o.threads = omp_get_max_threads();
     if (!strcmp(o.what, "gemm")) return bench_gemm(&o);
