@@ -51,6 +51,8 @@ typedef struct api_config {
     int threads;                    /* HTTP pool threads, default 8 */
     int max_streams;                /* LATHE_MAX_STREAMS: open event streams in all, 0 = default 64 */
     int max_streams_per_key;        /* LATHE_MAX_STREAMS_PER_KEY: per API key, 0 = default 8 */
+    int no_keep_alive;              /* LATHE_KEEP_ALIVE=0: every response closes its connection, so that
+                                       every request passes the connection gate; default 0 (keep alive) */
     /* Optional: registers more routes after the built-in groups (embedders, tests). NULL = none. */
     void (*routes_extra)(struct api_router *r);
 } api_config;

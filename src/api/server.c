@@ -686,7 +686,11 @@ static enum MHD_Result respond(req_state *rs, struct MHD_Connection *conn) {
         add_header(mr, "Cache-Control", "no-cache");
         add_header(mr, "X-Accel-Buffering", "no");
     }
-    if (api_ctx_stopping(&srv->ctx)) add_header(mr, MHD_HTTP_HEADER_CONNECTION, "close");
+    int has_close = 0;
+    for (int i = 0; i < r->nheaders; i++)
+        has_close |= !strcasecmp(r->hname[i], MHD_HTTP_HEADER_CONNECTION);
+    if (!has_close && (api_ctx_stopping(&srv->ctx) || srv->cfg.no_keep_alive))
+        add_header(mr, MHD_HTTP_HEADER_CONNECTION, "close");
     int status = r->status;
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)status, mr);
     MHD_destroy_response(mr);

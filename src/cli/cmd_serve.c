@@ -60,6 +60,8 @@ static serve_opt OPTS[] = {
     {"--worlds-url", "LATHE_WORLDS_URL", OPT_STR, "(none)",
      "environment (Worlds) backend for RL world_* fields", NULL},
     {"--threads", "LATHE_HTTP_THREADS", OPT_INT, "8", "HTTP worker threads", NULL},
+    {"--keep-alive", "LATHE_KEEP_ALIVE", OPT_INT, "1",
+     "0 = close each connection after its response (every request then passes the connection gate)", NULL},
     {"--max-streams", "LATHE_MAX_STREAMS", OPT_INT, "64", "open event streams in all (more: 429)", NULL},
     {"--max-streams-per-key", "LATHE_MAX_STREAMS_PER_KEY", OPT_INT, "8",
      "open event streams per API key (more: 429)", NULL},
@@ -297,6 +299,9 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(o->flag, "--threads")) {
             bad = parse_int(src, 1, 1024, &v);
             cfg.threads = (int)v;
+        } else if (!strcmp(o->flag, "--keep-alive")) {
+            bad = parse_int(src, 0, 1, &v);
+            cfg.no_keep_alive = v == 0;
         } else if (!strcmp(o->flag, "--max-streams")) {
             bad = parse_int(src, 1, 100000, &v);
             cfg.max_streams = (int)v;

@@ -181,6 +181,17 @@ def test_second_request_on_a_kept_alive_connection(module_server, name, data, wo
     assert doc["code"] == 400 and doc["type"] == "bad_request" and words.lower() in doc["detail"].lower(), doc
 
 
+def test_keep_alive_off_sends_every_request_through_the_gate(lathe_server):
+    """With --keep-alive 0 every response closes its connection: a malformed request pipelined behind a good
+    one is never parsed by libmicrohttpd, and on its own connection it gets the envelope."""
+    srv = lathe_server(args=["--keep-alive", "0"])
+    bad = b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+    rs = responses(raw(srv, GOOD + bad))
+    assert [r[0] for r in rs] == [200] and rs[0][1]["connection"].lower() == "close", rs
+    one_envelope(raw(srv, bad), 400)
+    assert srv.session().get("/api/v1/user").status_code == 200  # ordinary clients reconnect
+
+
 def test_query_parameters_with_nul_or_control_bytes(module_server):
     s = module_server.session()
     for q in ("status=%00", "status=queued%00x", "status=%01", "tag=%ff", "x%00y=1"):
