@@ -12,10 +12,15 @@
  * metadata, every tensor of the file is checked against the config (name, dims, shape), so a config that
  * loads is one whose weights load.
  *
- * Weights. Each tensor is dequantized row by row (rows are independent; OpenMP over rows) into the f32 base
- * buffer eng_model_new allocated. llama.cpp's converter permutes the Q and K rows of llama-architecture
- * files (weights and biases) so its RoPE can rotate adjacent pairs; HF rotates halves, so the load applies
- * the inverse permutation. qwen2/qwen3 files are written unpermuted.
+ * Weights. The matrices (embedding, head, projections) stay as stored: their eng_wmat points into the
+ * file's mapping, which the model then owns (eng_gguf_model_load) and reads through the wmat kernels. Vectors
+ * (norms, biases) are dequantized into the f32 base. A file whose matrices are all F32 loads into the f32
+ * base as before, and eng_gguf_model_from_f32 widens every tensor (row by row, OpenMP over rows), the
+ * reference the stored path is tested against. llama.cpp's converter permutes the Q and K rows of
+ * llama-architecture files (weights and biases) so its RoPE can rotate adjacent pairs; HF rotates halves, so
+ * the load applies the inverse permutation: on f32 rows when widening, by copying whole stored rows (a row of
+ * a block format is self-contained) into the model's own buffer when kept as stored. qwen2/qwen3 files are
+ * unpermuted.
  *
  * Names. One table maps the HF names eng_model_each_weight uses to llama.cpp's names, both ways. */
 #include "engine/gguf_model.h"
@@ -565,16 +570,8 @@ static int load_one(void *vctx, const char *name, float *data, int rows, int col
     return 0;
 }
 
-eng_model *eng_gguf_model_from(const gguf_file *f, const eng_kernels *k, lt_err *err) {
-    eng_config cfg;
-    if (eng_gguf_config(f, &cfg, err) != 0) return NULL;
-    eng_model *m = eng_model_new(&cfg, k, err);
-    if (!m) return NULL;
-    load_ctx c = {f, m, err};
-    if (eng_model_each_weight(m, load_one, &c) != 0) {
-        eng_model_free(m);
-        return NULL;
-    }
+/* The note of a widened load: "GGUF Q4_1/Q8_0 weights widened to f32 at load: 538 MB". */
+static void widened_note(const gguf_file *f, eng_model *m) {
     eng_gguf_summary s;
     eng_gguf_summarize(f, &s);
     char quant[64] = "";
@@ -593,6 +590,109 @@ eng_model *eng_gguf_model_from(const gguf_file *f, const eng_kernels *k, lt_err 
                  mb);
     else
         snprintf(m->load_note, sizeof m->load_note, "GGUF F32 weights loaded: %.0f MB", mb);
+}
+
+eng_model *eng_gguf_model_from_f32(const gguf_file *f, const eng_kernels *k, lt_err *err) {
+    eng_config cfg;
+    if (eng_gguf_config(f, &cfg, err) != 0) return NULL;
+    eng_model *m = eng_model_new(&cfg, k, err);
+    if (!m) return NULL;
+    load_ctx c = {f, m, err};
+    if (eng_model_each_weight(m, load_one, &c) != 0) {
+        eng_model_free(m);
+        return NULL;
+    }
+    widened_note(f, m);
+    return m;
+}
+
+/* Q/K rows of a llama-architecture file: HF row h*hd + j*hd/2 + i is GGUF row h*hd + 2i + j. */
+static void permute_rows(const unsigned char *src, unsigned char *dst, size_t rb, int rows, int n_head) {
+    const int hd = rows / n_head, h2 = hd / 2;
+    for (int h = 0; h < n_head; h++)
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < h2; i++)
+                memcpy(dst + ((size_t)h * hd + (size_t)j * h2 + i) * rb,
+                       src + ((size_t)h * hd + 2 * i + j) * rb, rb);
+}
+
+typedef struct stored_ctx {
+    load_ctx lc;
+    eng_model *m;
+    size_t woff; /* next free byte of m->wstore */
+} stored_ctx;
+
+/* Vectors are widened into the f32 base (load_one); matrices are pointed at the file's bytes, except the
+ * Q/K matrices of llama files, whose rows are copied un-permuted into wstore. */
+static int load_stored_one(void *vctx, const char *name, float *data, int rows, int cols) {
+    stored_ctx *c = vctx;
+    if (data || !cols) return load_one(&c->lc, name, data, rows, cols);
+    eng_model *m = c->m;
+    eng_wmat *W = eng_model_wmat_of(m, name);
+    char gg[160];
+    if (!W || !eng_gguf_name_for_hf(name, gg, sizeof gg))
+        return lt_err_set(c->lc.err, 500, "internal: no GGUF name for tensor %s", name), 1;
+    const gguf_file *f = c->lc.f;
+    const gguf_tensor *t = gguf_find_tensor(f, gg);
+    if (!t) return lt_err_set(c->lc.err, 400, "%s: tensor %s is missing", gguf_path(f), gg), 1;
+    if (check_shape(f, t, rows, cols, c->lc.err)) return 1;
+    if (!eng_wmat_type_ok(t->type) || eng_wmat_init(W, t->type, rows, cols, t->data) != 0)
+        return lt_err_set(c->lc.err, 400, "%s: tensor %s: type %s cannot be used as stored", gguf_path(f), gg,
+                          gguf_type_name(t->type) ? gguf_type_name(t->type) : "?"),
+               1;
+    const char *s;
+    int nh = 0;
+    if (m->cfg.arch == ENG_ARCH_LLAMA && split_layer(name, "model.layers.", &s) >= 0)
+        nh = !strncmp(s, "self_attn.q_proj.", 17) ? m->H : !strncmp(s, "self_attn.k_proj.", 17) ? m->KV : 0;
+    if (nh) {
+        unsigned char *dst = (unsigned char *)m->wstore + c->woff;
+        permute_rows(t->data, dst, W->row_bytes, rows, nh);
+        W->data = dst;
+        c->woff += (eng_wmat_bytes(W) + 63) & ~(size_t)63;
+    }
+    m->n_wbytes += eng_wmat_bytes(W);
+    return 0;
+}
+
+/* 1 when some matrix of the file is stored in another type than F32. */
+static int has_non_f32_matrix(const gguf_file *f) {
+    for (size_t i = 0; i < gguf_tensor_count(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        if (t->ndim == 2 && t->type != GGUF_F32 && strcmp(t->name, "rope_freqs.weight")) return 1;
+    }
+    return 0;
+}
+
+eng_model *eng_gguf_model_from(const gguf_file *f, const eng_kernels *k, lt_err *err) {
+    if (!has_non_f32_matrix(f)) return eng_gguf_model_from_f32(f, k, err);
+    eng_config cfg;
+    if (eng_gguf_config(f, &cfg, err) != 0) return NULL;
+    eng_model *m = eng_model_new_stored(&cfg, k, -1, err);
+    if (!m) return NULL;
+    size_t need = 0; /* the Q/K matrices of a llama file are reordered into wstore */
+    if (cfg.arch == ENG_ARCH_LLAMA)
+        for (size_t i = 0; i < gguf_tensor_count(f); i++) {
+            const gguf_tensor *t = gguf_tensor_at(f, i);
+            size_t nl = strlen(t->name);
+            if (nl > 14 && (!strcmp(t->name + nl - 14, ".attn_q.weight") ||
+                            !strcmp(t->name + nl - 14, ".attn_k.weight")))
+                need += (t->nbytes + 63) & ~(size_t)63;
+        }
+    if (need && !(m->wstore = aligned_alloc(64, need))) {
+        eng_model_free(m);
+        lt_err_set(err, 500, "out of memory for the reordered Q/K rows (%zu bytes)", need);
+        return NULL;
+    }
+    m->wstore_n = need;
+    stored_ctx c = {{f, m, err}, m, 0};
+    if (eng_model_each_weight_unset(m, load_stored_one, &c) != 0) {
+        eng_model_free(m);
+        return NULL;
+    }
+    if (cfg.tie_word_embeddings) m->Whead = m->Wte;
+    char res[120];
+    eng_model_resident(m, res, sizeof res);
+    snprintf(m->load_note, sizeof m->load_note, "GGUF weights kept as stored: %s", res);
     return m;
 }
 
@@ -600,6 +700,18 @@ eng_model *eng_gguf_model_load(const char *path, const eng_kernels *k, lt_err *e
     gguf_file *f = gguf_open(path, err);
     if (!f) return NULL;
     eng_model *m = eng_gguf_model_from(f, k, err);
+    if (m && m->wtype < 0) {
+        m->wfile = f, m->wfile_kind = 1; /* the model reads the mapping: it owns the file now */
+        return m;
+    }
+    gguf_close(f);
+    return m;
+}
+
+eng_model *eng_gguf_model_load_f32(const char *path, const eng_kernels *k, lt_err *err) {
+    gguf_file *f = gguf_open(path, err);
+    if (!f) return NULL;
+    eng_model *m = eng_gguf_model_from_f32(f, k, err);
     gguf_close(f);
     return m;
 }

@@ -30,10 +30,15 @@ int eng_gguf_config(const gguf_file *f, eng_config *cfg, lt_err *err);
 int eng_gguf_config_load(const char *path, eng_config *cfg, lt_err *err);
 
 /* Loads the model of a GGUF file (every tensor checked against the config: name, dims, shape; a tensor the
- * config does not imply is an error too). Weights are widened to f32; m->load_note says so. */
+ * config does not imply is an error too). The matrices stay as stored (mmap'd; the model keeps the file open)
+ * and vectors are widened to f32; m->load_note says what is resident. */
 eng_model *eng_gguf_model_load(const char *path, const eng_kernels *k, lt_err *err);
-/* The same from an open file. */
+/* The same from an open file, which the model BORROWS when it keeps matrices as stored (m->wtype < 0): the
+ * file must outlive the model. */
 eng_model *eng_gguf_model_from(const gguf_file *f, const eng_kernels *k, lt_err *err);
+/* Every tensor widened to f32 (the reference for the stored kernels; what loading did before). */
+eng_model *eng_gguf_model_load_f32(const char *path, const eng_kernels *k, lt_err *err);
+eng_model *eng_gguf_model_from_f32(const gguf_file *f, const eng_kernels *k, lt_err *err);
 
 /* HF tensor name <-> GGUF tensor name ("model.layers.3.self_attn.q_proj.weight" <-> "blk.3.attn_q.weight").
  * Both write into buf (cap bytes) and return it, or NULL for a name outside the table (or one that does not

@@ -15,7 +15,10 @@
  *
  * eng_rope_tables reproduces HF's float32 computation of inv_freq (default and Llama 3 scaling, the formula
  * of transformers' _compute_llama3_parameters) operation by operation in float, then cos/sin of pos *
- * inv_freq. */
+ * inv_freq.
+ *
+ * The float table's head_loss_w reads a head kept in its stored format through wmat.h (HEAD_NT / HEAD_NN);
+ * the double table has no stored weights. */
 /* The sanitizer/fuzzer builds (clang -O1) cannot honour every `omp simd`; that is expected, not an error. */
 #ifdef __clang__
 #pragma clang diagnostic ignored "-Wpass-failed"
@@ -34,6 +37,7 @@
 #include "engine/config.h"
 #include "engine/kernels_cpu_f64.h"
 #include "engine/ops.h"
+#include "engine/wmat.h"
 
 /* Loops smaller than this many elements stay on one thread (fork/join costs more than it saves). */
 #define PAR_MIN ((size_t)1 << 14)
@@ -96,7 +100,13 @@ static inline float fast_expf(float x) {
 #define LOSSFN eng_token_loss_fn
 #define KTABLE eng_kernels
 #define KNAME "cpu"
+#define WMAT_HEAD 1
+#define HEAD_NT(Wm, n, x, ldx, out, ldo, acc, cmp) eng_wmat_nt(Wm, n, x, ldx, out, ldo, acc, cmp)
+#define HEAD_NN(Wm, n, g, ldg, dx, ldd, acc, cmp) eng_wmat_nn(Wm, n, g, ldg, dx, ldd, acc, cmp)
 #include "engine/kernels_cpu_impl.h"
+#undef WMAT_HEAD
+#undef HEAD_NT
+#undef HEAD_NN
 #undef REAL
 #undef SFX
 #undef GEMM
@@ -115,7 +125,11 @@ static inline float fast_expf(float x) {
 #define LOSSFN eng_token_loss_fn_f64
 #define KTABLE eng_kernels_f64
 #define KNAME "cpu-f64"
+#define HEAD_NT(Wm, n, x, ldx, out, ldo, acc, cmp) ((void)(Wm), (void)(cmp), assert(!"no stored head in f64"))
+#define HEAD_NN(Wm, n, g, ldg, dx, ldd, acc, cmp) ((void)(Wm), (void)(cmp), assert(!"no stored head in f64"))
 #include "engine/kernels_cpu_impl.h"
+#undef HEAD_NT
+#undef HEAD_NN
 #undef REAL
 #undef SFX
 #undef GEMM

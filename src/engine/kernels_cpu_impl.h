@@ -598,10 +598,11 @@ static REAL SFX(head_row)(REAL *restrict z, int V, int target, REAL *entropy, in
 /* head_loss with an optional LoRA on the head (r > 0): per chunk, xa = x A^T [n, r] and logits += s xa B^T;
  * backward adds dB += s dlogits^T xa, g = dlogits B [n, r], dA += s g^T x, dx += s g A. scratch holds the
  * chunk's logits [chunk, V], then xa and g [chunk, r] each. */
-static double SFX(head_loss_lora)(REAL *logp, REAL *dx, REAL *entropy, const REAL *x, const REAL *W,
+/* Wm (float instantiation only): the head as stored, used when W is NULL (HEAD_NT / HEAD_NN). */
+static double SFX(head_loss_core)(REAL *logp, REAL *dx, REAL *entropy, const REAL *x, const REAL *W,
                                   const REAL *A, const REAL *B, float scale, int r, REAL *dA, REAL *dB,
                                   const int *targets, int N, int C, int V, int chunk, LOSSFN loss_fn,
-                                  void *ctx, REAL *scratch) {
+                                  void *ctx, REAL *scratch, const struct eng_wmat *Wm, int compute) {
     assert(chunk > 0 && V > 0 && C > 0 && r >= 0);
     assert(r == 0 || (A && B && (!dx || (dA && dB))));
     const REAL s = (REAL)scale;
@@ -610,7 +611,10 @@ static double SFX(head_loss_lora)(REAL *logp, REAL *dx, REAL *entropy, const REA
     for (int r0 = 0; r0 < N; r0 += chunk) {
         const int n = (N - r0) < chunk ? (N - r0) : chunk;
         const REAL *xc = x + (size_t)r0 * C;
-        GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, (REAL)1, xc, C, W, C, (REAL)0, scratch, V);
+        if (W)
+            GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, C, (REAL)1, xc, C, W, C, (REAL)0, scratch, V);
+        else
+            HEAD_NT(Wm, n, xc, C, scratch, V, 0, compute);
         if (r > 0) {
             GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, C, (REAL)1, xc, C, A, C, (REAL)0, xa, r);
             GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, n, V, r, s, xa, r, B, r, (REAL)1, scratch, V);
@@ -631,7 +635,11 @@ static double SFX(head_loss_lora)(REAL *logp, REAL *dx, REAL *entropy, const REA
         }
         if (!dx) continue;
         REAL *dxc = dx + (size_t)r0 * C;
-        GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, (REAL)1, scratch, V, W, C, (REAL)1, dxc, C);
+        if (W)
+            GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, C, V, (REAL)1, scratch, V, W, C, (REAL)1, dxc,
+                 C);
+        else
+            HEAD_NN(Wm, n, scratch, V, dxc, C, 1, compute);
         if (r > 0) {
             GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, V, r, n, s, scratch, V, xa, r, (REAL)1, dB, r);
             GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, V, (REAL)1, scratch, V, B, r, (REAL)0, g,
@@ -642,6 +650,24 @@ static double SFX(head_loss_lora)(REAL *logp, REAL *dx, REAL *entropy, const REA
     }
     return total;
 }
+
+static double SFX(head_loss_lora)(REAL *logp, REAL *dx, REAL *entropy, const REAL *x, const REAL *W,
+                                  const REAL *A, const REAL *B, float scale, int r, REAL *dA, REAL *dB,
+                                  const int *targets, int N, int C, int V, int chunk, LOSSFN loss_fn,
+                                  void *ctx, REAL *scratch) {
+    return SFX(head_loss_core)(logp, dx, entropy, x, W, A, B, scale, r, dA, dB, targets, N, C, V, chunk,
+                               loss_fn, ctx, scratch, NULL, 0);
+}
+
+#ifdef WMAT_HEAD
+static double SFX(head_loss_w)(REAL *logp, REAL *dx, REAL *entropy, const REAL *x, const REAL *W,
+                               const REAL *A, const REAL *B, float scale, int r, REAL *dA, REAL *dB,
+                               const int *targets, int N, int C, int V, int chunk, LOSSFN loss_fn, void *ctx,
+                               REAL *scratch, const struct eng_wmat *Wm, int compute) {
+    return SFX(head_loss_core)(logp, dx, entropy, x, W, A, B, scale, r, dA, dB, targets, N, C, V, chunk,
+                               loss_fn, ctx, scratch, Wm, compute);
+}
+#endif
 
 static double SFX(head_loss)(REAL *logp, REAL *dx, REAL *entropy, const REAL *x, const REAL *W,
                              const int *targets, int N, int C, int V, int chunk, LOSSFN loss_fn, void *ctx,
@@ -689,5 +715,8 @@ static const KTABLE SFX(table) = {
     .lora_backward = SFX(lora_backward),
     .head_loss = SFX(head_loss),
     .head_loss_lora = SFX(head_loss_lora),
+#ifdef WMAT_HEAD
+    .head_loss_w = SFX(head_loss_w),
+#endif
     .adamw = SFX(adamw),
 };

@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/gguf.h"
 #include "engine/gguf_model.h"
 #include "engine/safetensors.h"
 #include "util/util.h"
@@ -86,30 +87,40 @@ static float *falloc(size_t n) {
 
 /* ---- weights ------------------------------------------------------------------------------------------- */
 
-/* Walks the base layout: with base == NULL it only counts, else it assigns pointers. Returns floats used. */
+/* Walks the base layout: with base == NULL it only counts, else it assigns pointers. Returns floats used.
+ * Matrices take base space only when m->wtype is GGUF_F32 (their eng_wmat then points into base); vectors
+ * (norms, biases) always do. */
 static size_t layout_base(eng_model *m, float *base) {
     size_t off = 0;
+    const int f32 = m->wtype == GGUF_F32;
 #define TAKE(ptr, n)                                                                                         \
     do {                                                                                                     \
         if (base) ptr = base + off;                                                                          \
         off += round16(n);                                                                                   \
     } while (0)
+#define TAKE_M(ptr, W, r, c)                                                                                 \
+    do {                                                                                                     \
+        if (f32) {                                                                                           \
+            TAKE(ptr, (size_t)(r) * (size_t)(c));                                                            \
+            if (base) eng_wmat_init(&(W), GGUF_F32, (int)(r), (int)(c), ptr);                                \
+        }                                                                                                    \
+    } while (0)
     size_t C = m->C, V = m->V, F = m->F, Dq = m->Dq, Dk = m->Dk, hd = m->hd;
-    TAKE(m->wte, V * C);
+    TAKE_M(m->wte, m->Wte, V, C);
     TAKE(m->norm, C);
     if (m->cfg.tie_word_embeddings) {
-        if (base) m->head = m->wte;
+        if (base) m->head = m->wte, m->Whead = m->Wte;
     } else {
-        TAKE(m->head, V * C);
+        TAKE_M(m->head, m->Whead, V, C);
     }
     for (int l = 0; l < m->L; l++) {
         eng_layer_weights *w = &m->layers[l];
         TAKE(w->ln1, C);
         TAKE(w->ln2, C);
-        TAKE(w->wq, Dq * C);
-        TAKE(w->wk, Dk * C);
-        TAKE(w->wv, Dk * C);
-        TAKE(w->wo, C * Dq);
+        TAKE_M(w->wq, w->Wq, Dq, C);
+        TAKE_M(w->wk, w->Wk, Dk, C);
+        TAKE_M(w->wv, w->Wv, Dk, C);
+        TAKE_M(w->wo, w->Wo, C, Dq);
         if (m->cfg.attention_bias) {
             TAKE(w->bq, Dq);
             TAKE(w->bk, Dk);
@@ -119,15 +130,63 @@ static size_t layout_base(eng_model *m, float *base) {
             TAKE(w->qn, hd);
             TAKE(w->kn, hd);
         }
-        TAKE(w->wg, F * C);
-        TAKE(w->wu, F * C);
-        TAKE(w->wd, C * F);
+        TAKE_M(w->wg, w->Wg, F, C);
+        TAKE_M(w->wu, w->Wu, F, C);
+        TAKE_M(w->wd, w->Wd, C, F);
     }
+#undef TAKE_M
 #undef TAKE
     return off;
 }
 
-eng_model *eng_model_new(const eng_config *cfg, const eng_kernels *k, lt_err *err) {
+/* The matrices of the model in a fixed order (embedding, head when untied, then per layer q k v o g u d). */
+static int model_mats(eng_model *m, eng_wmat **out) {
+    int n = 0;
+    out[n++] = &m->Wte;
+    if (!m->cfg.tie_word_embeddings) out[n++] = &m->Whead;
+    for (int l = 0; l < m->L; l++) {
+        eng_layer_weights *w = &m->layers[l];
+        eng_wmat *t[] = {&w->Wq, &w->Wk, &w->Wv, &w->Wo, &w->Wg, &w->Wu, &w->Wd};
+        for (int i = 0; i < 7; i++)
+            out[n++] = t[i];
+    }
+    return n;
+}
+
+/* Allocates the matrices of a non-f32 model in wstore (storage type m->wtype). Returns 0 or -1 (OOM). */
+static int alloc_stored(eng_model *m) {
+    eng_wmat **mats = malloc(((size_t)m->L * 7 + 2) * sizeof *mats);
+    if (!mats) return -1;
+    int n = model_mats(m, mats);
+    size_t C = m->C, V = m->V, F = m->F, Dq = m->Dq, Dk = m->Dk;
+    const size_t shp[7][2] = {{Dq, C}, {Dk, C}, {Dk, C}, {C, Dq}, {F, C}, {F, C}, {C, F}};
+    size_t total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            int li = i - (m->cfg.tie_word_embeddings ? 1 : 2);
+            size_t r = li < 0 ? V : shp[li % 7][0], c = li < 0 ? C : shp[li % 7][1];
+            if (pass) eng_wmat_init(mats[i], m->wtype, (int)r, (int)c, (char *)m->wstore + off);
+            off += (gguf_row_bytes(m->wtype, (int64_t)c) * r + 63) & ~(size_t)63;
+        }
+        if (!pass) {
+            total = off;
+            m->wstore = aligned_alloc(64, total ? total : 64);
+            if (!m->wstore) {
+                free(mats);
+                return -1;
+            }
+            memset(m->wstore, 0, total);
+            m->wstore_n = total;
+        }
+    }
+    if (m->cfg.tie_word_embeddings) m->Whead = m->Wte;
+    m->n_wbytes = total;
+    free(mats);
+    return 0;
+}
+
+static eng_model *model_new(const eng_config *cfg, const eng_kernels *k, int wtype, lt_err *err) {
     assert(cfg && k);
     if (cfg->num_heads <= 0 || cfg->num_kv_heads <= 0 || cfg->num_heads % cfg->num_kv_heads != 0 ||
         cfg->head_dim <= 0 || cfg->head_dim % 2 != 0 || cfg->hidden_size <= 0 ||
@@ -136,6 +195,14 @@ eng_model *eng_model_new(const eng_config *cfg, const eng_kernels *k, lt_err *er
                    "model config: unusable shape (heads %d, kv heads %d, head_dim %d, hidden %d, layers %d): "
                    "num_heads must be a multiple of num_key_value_heads and head_dim even",
                    cfg->num_heads, cfg->num_kv_heads, cfg->head_dim, cfg->hidden_size, cfg->num_layers);
+        return NULL;
+    }
+    if (wtype > 0 &&
+        (cfg->hidden_size % gguf_block_elems(wtype) || cfg->intermediate_size % gguf_block_elems(wtype) ||
+         (cfg->num_heads * cfg->head_dim) % gguf_block_elems(wtype))) {
+        lt_err_set(err, 400,
+                   "model storage %s: hidden, intermediate and attention sizes must be multiples of %d",
+                   gguf_type_name(wtype) ? gguf_type_name(wtype) : "?", gguf_block_elems(wtype));
         return NULL;
     }
     eng_model *m = calloc(1, sizeof(*m));
@@ -152,6 +219,7 @@ eng_model *eng_model_new(const eng_config *cfg, const eng_kernels *k, lt_err *er
     m->Dq = m->H * m->hd;
     m->Dk = m->KV * m->hd;
     m->head_chunk = 256;
+    m->wtype = wtype;
     m->layers = calloc((size_t)m->L, sizeof(*m->layers));
     if (!m->layers) goto oom;
     m->n_base = layout_base(m, NULL);
@@ -161,11 +229,25 @@ eng_model *eng_model_new(const eng_config *cfg, const eng_kernels *k, lt_err *er
     m->base = falloc(m->n_base);
     if (!m->base) goto oom;
     layout_base(m, m->base);
+    if (wtype > 0 && alloc_stored(m)) goto oom;
     return m;
 oom:
     eng_model_free(m);
     lt_err_set(err, 500, "out of memory allocating the model's base weights");
     return NULL;
+}
+
+eng_model *eng_model_new(const eng_config *cfg, const eng_kernels *k, lt_err *err) {
+    return model_new(cfg, k, GGUF_F32, err);
+}
+
+eng_model *eng_model_new_stored(const eng_config *cfg, const eng_kernels *k, int wtype, lt_err *err) {
+    if (wtype >= 0 && wtype != GGUF_F32 && wtype != GGUF_BF16 && wtype != GGUF_F16 && wtype != GGUF_Q8_0) {
+        lt_err_set(err, 400, "model storage type %s: a new model can be f32, bf16, f16 or q8_0",
+                   gguf_type_name(wtype) ? gguf_type_name(wtype) : "?");
+        return NULL;
+    }
+    return model_new(cfg, k, wtype < 0 ? -1 : wtype, err);
 }
 
 eng_model *eng_model_share(eng_model *src, lt_err *err) {
@@ -184,6 +266,10 @@ eng_model *eng_model_share(eng_model *src, lt_err *err) {
     m->head_chunk = src->head_chunk;
     m->base = src->base, m->n_base = src->n_base, m->base_refs = src->base_refs;
     m->wte = src->wte, m->norm = src->norm, m->head = src->head;
+    m->Wte = src->Wte, m->Whead = src->Whead, m->wtype = src->wtype, m->compute = src->compute;
+    m->wstore = src->wstore, m->wstore_n = src->wstore_n, m->wfile = src->wfile,
+    m->wfile_kind = src->wfile_kind, m->n_wbytes = src->n_wbytes;
+    memcpy(m->load_note, src->load_note, sizeof m->load_note);
     memcpy(layers, src->layers, (size_t)src->L * sizeof(*layers));
     m->layers = layers;
     __atomic_add_fetch(m->base_refs, 1, __ATOMIC_ACQ_REL);
@@ -195,6 +281,9 @@ void eng_model_free(eng_model *m) {
     if (!m->base_refs || __atomic_sub_fetch(m->base_refs, 1, __ATOMIC_ACQ_REL) == 0) {
         free(m->base);
         free(m->base_refs);
+        free(m->wstore);
+        if (m->wfile_kind == 1) gguf_close(m->wfile);
+        if (m->wfile_kind == 2) st_close(m->wfile);
     }
     free(m->layers);
     free(m->lora_p);
@@ -211,46 +300,80 @@ void eng_model_free(eng_model *m) {
     free(m);
 }
 
-int eng_model_each_weight(eng_model *m, eng_weight_fn fn, void *ctx) {
+/* fn on one tensor; a matrix not stored f32 goes through a temporary f32 copy, written back (rounded into
+ * its type) when writeback is 1 and the model owns the storage. writeback 2 (loaders): an unset matrix is
+ * passed with data NULL, for the loader to point it at its stored bytes. */
+static int visit(eng_model *m, eng_weight_fn fn, void *ctx, const char *name, float *p, eng_wmat *W, int r,
+                 int c, int writeback) {
+    if (W && !W->data && writeback == 2) return fn(ctx, name, NULL, r, c); /* a loader filling it */
+    if (!W || W->type == GGUF_F32 || !W->data) return p || !W ? fn(ctx, name, p, r, c) : 0;
+    float *tmp = malloc((size_t)r * (size_t)c * sizeof(float));
+    if (!tmp) return -1;
+    eng_wmat_rows_f32(W, 0, r, tmp);
+    int rc = fn(ctx, name, tmp, r, c);
+    if (!rc && writeback && m->wstore && (const char *)W->data >= (const char *)m->wstore &&
+        (const char *)W->data < (const char *)m->wstore + m->wstore_n) {
+#pragma omp parallel for schedule(static) if (r >= 64)
+        for (int i = 0; i < r; i++)
+            gguf_quantize(W->type, tmp + (size_t)i * c, (char *)W->data + (size_t)i * W->row_bytes, c);
+    }
+    free(tmp);
+    return rc;
+}
+
+static int each_weight(eng_model *m, eng_weight_fn fn, void *ctx, int writeback) {
     char name[160];
     int rc;
-#define EMIT(nm, ptr, r, c)                                                                                  \
+#define EMIT(nm, ptr, W, r, c)                                                                               \
     do {                                                                                                     \
-        if ((rc = fn(ctx, nm, ptr, r, c)) != 0) return rc;                                                   \
+        if ((rc = visit(m, fn, ctx, nm, ptr, W, r, c, writeback)) != 0) return rc;                           \
     } while (0)
-    EMIT("model.embed_tokens.weight", m->wte, m->V, m->C);
-    EMIT("model.norm.weight", m->norm, m->C, 0);
-    if (!m->cfg.tie_word_embeddings) EMIT("lm_head.weight", m->head, m->V, m->C);
+    EMIT("model.embed_tokens.weight", m->wte, &m->Wte, m->V, m->C);
+    EMIT("model.norm.weight", m->norm, NULL, m->C, 0);
+    if (!m->cfg.tie_word_embeddings) EMIT("lm_head.weight", m->head, &m->Whead, m->V, m->C);
     for (int l = 0; l < m->L; l++) {
         eng_layer_weights *w = &m->layers[l];
         const struct {
             const char *suffix;
             float *p;
+            eng_wmat *W;
             int r, c;
         } t[] = {
-            {"input_layernorm.weight", w->ln1, m->C, 0},
-            {"post_attention_layernorm.weight", w->ln2, m->C, 0},
-            {"self_attn.q_proj.weight", w->wq, m->Dq, m->C},
-            {"self_attn.k_proj.weight", w->wk, m->Dk, m->C},
-            {"self_attn.v_proj.weight", w->wv, m->Dk, m->C},
-            {"self_attn.o_proj.weight", w->wo, m->C, m->Dq},
-            {"self_attn.q_proj.bias", w->bq, m->Dq, 0},
-            {"self_attn.k_proj.bias", w->bk, m->Dk, 0},
-            {"self_attn.v_proj.bias", w->bv, m->Dk, 0},
-            {"self_attn.q_norm.weight", w->qn, m->hd, 0},
-            {"self_attn.k_norm.weight", w->kn, m->hd, 0},
-            {"mlp.gate_proj.weight", w->wg, m->F, m->C},
-            {"mlp.up_proj.weight", w->wu, m->F, m->C},
-            {"mlp.down_proj.weight", w->wd, m->C, m->F},
+            {"input_layernorm.weight", w->ln1, NULL, m->C, 0},
+            {"post_attention_layernorm.weight", w->ln2, NULL, m->C, 0},
+            {"self_attn.q_proj.weight", w->wq, &w->Wq, m->Dq, m->C},
+            {"self_attn.k_proj.weight", w->wk, &w->Wk, m->Dk, m->C},
+            {"self_attn.v_proj.weight", w->wv, &w->Wv, m->Dk, m->C},
+            {"self_attn.o_proj.weight", w->wo, &w->Wo, m->C, m->Dq},
+            {"self_attn.q_proj.bias", w->bq, NULL, m->Dq, 0},
+            {"self_attn.k_proj.bias", w->bk, NULL, m->Dk, 0},
+            {"self_attn.v_proj.bias", w->bv, NULL, m->Dk, 0},
+            {"self_attn.q_norm.weight", w->qn, NULL, m->hd, 0},
+            {"self_attn.k_norm.weight", w->kn, NULL, m->hd, 0},
+            {"mlp.gate_proj.weight", w->wg, &w->Wg, m->F, m->C},
+            {"mlp.up_proj.weight", w->wu, &w->Wu, m->F, m->C},
+            {"mlp.down_proj.weight", w->wd, &w->Wd, m->C, m->F},
         };
         for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-            if (!t[i].p) continue;
+            if (!t[i].p && !t[i].W) continue;
             snprintf(name, sizeof(name), "model.layers.%d.%s", l, t[i].suffix);
-            EMIT(name, t[i].p, t[i].r, t[i].c);
+            EMIT(name, t[i].p, t[i].W, t[i].r, t[i].c);
         }
     }
 #undef EMIT
     return 0;
+}
+
+int eng_model_each_weight(eng_model *m, eng_weight_fn fn, void *ctx) {
+    return each_weight(m, fn, ctx, 0);
+}
+
+int eng_model_each_weight_unset(eng_model *m, eng_weight_fn fn, void *ctx) {
+    return each_weight(m, fn, ctx, 2);
+}
+
+int eng_model_all_f32(const eng_model *m) {
+    return m->wtype == GGUF_F32;
 }
 
 typedef struct {
@@ -264,8 +387,7 @@ static int load_one(void *vctx, const char *name, float *data, int rows, int col
     return st_load_f32(c->r, name, cols ? 2 : 1, shape, data, c->err) ? 1 : 0;
 }
 
-eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err) {
-    if (eng_path_is_gguf(dir)) return eng_gguf_model_load(dir, k, err);
+static eng_model *load_f32(const char *dir, const eng_kernels *k, lt_err *err) {
     eng_config cfg;
     if (eng_config_load(dir, &cfg, err) != 0) return NULL;
     eng_model *m = eng_model_new(&cfg, k, err);
@@ -282,6 +404,100 @@ eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err) {
         eng_model_free(m);
         return NULL;
     }
+    eng_model_resident(m, m->load_note, sizeof m->load_note);
+    return m;
+}
+
+eng_model *eng_model_load_f32(const char *dir, const eng_kernels *k, lt_err *err) {
+    if (eng_path_is_gguf(dir)) return eng_gguf_model_load_f32(dir, k, err);
+    return load_f32(dir, k, err);
+}
+
+typedef struct {
+    eng_model *m;
+    const st_reader *r;
+    lt_err *err;
+} stored_ctx;
+
+/* Finds the wmat behind an HF matrix name (NULL for vectors). */
+static eng_wmat *wmat_of(eng_model *m, const char *name) {
+    if (!strcmp(name, "model.embed_tokens.weight")) return &m->Wte;
+    if (!strcmp(name, "lm_head.weight")) return &m->Whead;
+    int l, n = 0;
+    char part[64];
+    if (sscanf(name, "model.layers.%d.%63[a-z_.]%n", &l, part, &n) != 2 || name[n] || l < 0 || l >= m->L)
+        return NULL;
+    eng_layer_weights *w = &m->layers[l];
+    static const char *nm[7] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                                "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+                                "mlp.down_proj.weight"};
+    eng_wmat *t[7] = {&w->Wq, &w->Wk, &w->Wv, &w->Wo, &w->Wg, &w->Wu, &w->Wd};
+    for (int i = 0; i < 7; i++)
+        if (!strcmp(part, nm[i])) return t[i];
+    return NULL;
+}
+
+eng_wmat *eng_model_wmat_of(eng_model *m, const char *name) {
+    return wmat_of(m, name);
+}
+
+/* Vectors are widened into base (load_one); matrices point into the mapping in their own dtype. */
+static int load_stored_one(void *vctx, const char *name, float *data, int rows, int cols) {
+    stored_ctx *c = vctx;
+    eng_wmat *W = cols ? wmat_of(c->m, name) : NULL;
+    if (!W) {
+        load_ctx lc = {c->r, c->err};
+        return load_one(&lc, name, data, rows, cols);
+    }
+    int64_t shape[2] = {rows, cols};
+    const st_tensor *t = st_expect(c->r, name, 2, shape, c->err);
+    if (!t) return 1;
+    int type = t->dtype == ST_BF16 ? GGUF_BF16 : t->dtype == ST_F16 ? GGUF_F16 : GGUF_F32;
+    if (((uintptr_t)t->data & (type == GGUF_F32 ? 3u : 1u)) != 0)
+        return lt_err_set(c->err, 400,
+                          "%s: tensor %s is not aligned to its element size in the file; rewrite the "
+                          "checkpoint with safetensors (which aligns tensors) or load it widened",
+                          t->file, name),
+               1;
+    eng_wmat_init(W, type, rows, cols, t->data);
+    c->m->n_wbytes += eng_wmat_bytes(W);
+    return 0;
+}
+
+/* Any matrix stored BF16/F16? Then the checkpoint is kept as stored. */
+static int st_has_half(const st_reader *r) {
+    for (size_t i = 0; i < st_count(r); i++) {
+        const st_tensor *t = st_at(r, i);
+        if (t->ndim == 2 && t->dtype != ST_F32) return 1;
+    }
+    return 0;
+}
+
+eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err) {
+    if (eng_path_is_gguf(dir)) return eng_gguf_model_load(dir, k, err);
+    eng_config cfg;
+    if (eng_config_load(dir, &cfg, err) != 0) return NULL;
+    st_reader *r = st_open(dir, err);
+    if (!r) return NULL;
+    if (!st_has_half(r)) {
+        st_close(r);
+        return load_f32(dir, k, err);
+    }
+    eng_model *m = eng_model_new_stored(&cfg, k, -1, err);
+    if (!m) {
+        st_close(r);
+        return NULL;
+    }
+    m->wfile = r, m->wfile_kind = 2;
+    m->n_wbytes = 0;
+    stored_ctx c = {m, r, err};
+    if (each_weight(m, load_stored_one, &c, 2) != 0) {
+        eng_model_free(m);
+        return NULL;
+    }
+    if (m->cfg.tie_word_embeddings) m->Whead = m->Wte;
+    eng_model_resident(m, m->load_note, sizeof m->load_note);
     return m;
 }
 
@@ -309,7 +525,7 @@ static int rand_one(void *vctx, const char *name, float *data, int rows, int col
 
 void eng_model_init_random(eng_model *m, uint64_t seed, float std) {
     rand_ctx c = {seed, std};
-    eng_model_each_weight(m, rand_one, &c);
+    each_weight(m, rand_one, &c, 1);
 }
 
 /* ---- LoRA ---------------------------------------------------------------------------------------------- */
@@ -507,7 +723,46 @@ static int arena_reserve(eng_model *m, int B, int T, lt_err *err) {
 }
 
 size_t eng_model_base_bytes(const eng_model *m) {
-    return m->n_base * sizeof(float);
+    return m->n_base * sizeof(float) + m->n_wbytes;
+}
+
+void eng_model_resident(const eng_model *m, char *buf, size_t cap) {
+    double by[32] = {0};
+    eng_model *mm = (eng_model *)m;
+    eng_wmat *mats[2 + 7 * 1024];
+    size_t n = 0;
+    if (m->L <= 1024) {
+        mats[n++] = &mm->Wte;
+        if (!m->cfg.tie_word_embeddings) mats[n++] = &mm->Whead;
+        for (int l = 0; l < m->L; l++) {
+            eng_layer_weights *w = &mm->layers[l];
+            eng_wmat *t[] = {&w->Wq, &w->Wk, &w->Wv, &w->Wo, &w->Wg, &w->Wu, &w->Wd};
+            for (int i = 0; i < 7; i++)
+                mats[n++] = t[i];
+        }
+    }
+    double in_base = (double)m->n_base * sizeof(float);
+    for (size_t i = 0; i < n; i++) {
+        if (mats[i]->type < 0 || mats[i]->type >= 32 || !mats[i]->data) continue;
+        if (m->wtype == GGUF_F32) continue; /* inside base */
+        by[mats[i]->type] += (double)eng_wmat_bytes(mats[i]);
+    }
+    size_t len = 0;
+    buf[0] = 0;
+    int done[32] = {0};
+    for (;;) {
+        int best = -1;
+        for (int t = 0; t < 32; t++)
+            if (by[t] > 0 && !done[t] && (best < 0 || by[t] > by[best])) best = t;
+        if (best < 0) break;
+        done[best] = 1;
+        len += (size_t)snprintf(buf + len, len < cap ? cap - len : 0, "%s%s %.1f MB", len ? " + " : "",
+                                gguf_type_name(best), by[best] / 1e6);
+        if (len >= cap) return;
+    }
+    snprintf(buf + len, len < cap ? cap - len : 0, "%s%s f32 %.1f MB (resident %.1f MB)",
+             len ? " as stored" : "", len ? " +" : "all", in_base / 1e6,
+             (double)eng_model_base_bytes(m) / 1e6);
 }
 size_t eng_model_lora_bytes(const eng_model *m) {
     return 4 * m->n_lora * sizeof(float);
@@ -551,22 +806,53 @@ static scratch_t point_scratch(eng_model *m, size_t N) {
     return s;
 }
 
-static void proj_fwd(eng_model *m, float *out, const float *inp, const float *W, const float *bias,
-                     const eng_lora_slot *sl, float *xa, int N, int I, int O) {
-    PROF(m, ENG_PH_GEMM, {
+/* A matrix stored f32 runs the kernel table's linear exactly as before; any other storage goes through the
+ * wmat kernels (dequantized per tile, or on the fly for a few rows). */
+static void lin_fwd(eng_model *m, float *out, const float *inp, const float *W, const eng_wmat *Wm,
+                    const float *bias, int N, int I, int O) {
+    if (W)
         m->k->linear_forward(out, inp, W, bias, N, I, O);
+    else
+        eng_wmat_linear_forward(out, inp, Wm, bias, N, m->compute);
+}
+
+static void lin_bwd(eng_model *m, float *dinp, const float *dout, const float *W, const eng_wmat *Wm, int N,
+                    int I, int O) {
+    if (W)
+        m->k->linear_backward(dinp, dout, W, N, I, O);
+    else
+        eng_wmat_linear_backward(dinp, dout, Wm, N, m->compute);
+}
+
+static void proj_fwd(eng_model *m, float *out, const float *inp, const float *W, const eng_wmat *Wm,
+                     const float *bias, const eng_lora_slot *sl, float *xa, int N, int I, int O) {
+    PROF(m, ENG_PH_GEMM, {
+        lin_fwd(m, out, inp, W, Wm, bias, N, I, O);
         if (sl && sl->A) m->k->lora_forward(out, xa, inp, sl->A, sl->B, m->scale, N, I, m->lora.rank, O);
     });
 }
 
 static void proj_bwd(eng_model *m, float *dinp, const float *dout, const float *inp, const float *W,
-                     const eng_lora_slot *sl, const float *xa, float *lscr, int N, int I, int O) {
+                     const eng_wmat *Wm, const eng_lora_slot *sl, const float *xa, float *lscr, int N, int I,
+                     int O) {
     PROF(m, ENG_PH_GEMM, {
-        m->k->linear_backward(dinp, dout, W, N, I, O);
+        lin_bwd(m, dinp, dout, W, Wm, N, I, O);
         if (sl && sl->A)
             m->k->lora_backward(dinp, eng_model_grad_of(m, sl->A), eng_model_grad_of(m, sl->B), dout, inp, xa,
                                 sl->A, sl->B, m->scale, N, I, m->lora.rank, O, lscr);
     });
+}
+
+void eng_model_linear(eng_model *m, float *out, const float *inp, const float *W, const eng_wmat *Wm,
+                      const float *bias, int N, int I, int O) {
+    lin_fwd(m, out, inp, W, Wm, bias, N, I, O);
+}
+
+void eng_model_embed(eng_model *m, float *out, const int *tokens, int N) {
+    if (m->wte)
+        m->k->embedding_forward(out, tokens, m->wte, N, m->C);
+    else
+        eng_wmat_gather_f32(&m->Wte, tokens, N, out);
 }
 
 static void add3(float *out, const float *a, const float *b, size_t n) {
@@ -590,11 +876,11 @@ static void layer_forward(eng_model *m, int l, float *out, scratch_t *s, int B, 
     int qk = m->cfg.qk_norm;
 
     PROF(m, ENG_PH_NORM, k->rmsnorm_forward(a->ln1, a->rstd1, a->res, w->ln1, N, C, eps));
-    proj_fwd(m, qk ? a->qpre : a->q, a->ln1, w->wq, w->bq, slot_or_null(m, l, ENG_T_Q), a->xa[ENG_T_Q], N, C,
-             Dq);
-    proj_fwd(m, qk ? a->kpre : a->k, a->ln1, w->wk, w->bk, slot_or_null(m, l, ENG_T_K), a->xa[ENG_T_K], N, C,
-             Dk);
-    proj_fwd(m, a->v, a->ln1, w->wv, w->bv, slot_or_null(m, l, ENG_T_V), a->xa[ENG_T_V], N, C, Dk);
+    proj_fwd(m, qk ? a->qpre : a->q, a->ln1, w->wq, &w->Wq, w->bq, slot_or_null(m, l, ENG_T_Q),
+             a->xa[ENG_T_Q], N, C, Dq);
+    proj_fwd(m, qk ? a->kpre : a->k, a->ln1, w->wk, &w->Wk, w->bk, slot_or_null(m, l, ENG_T_K),
+             a->xa[ENG_T_K], N, C, Dk);
+    proj_fwd(m, a->v, a->ln1, w->wv, &w->Wv, w->bv, slot_or_null(m, l, ENG_T_V), a->xa[ENG_T_V], N, C, Dk);
     PROF(m, ENG_PH_NORM, {
         if (qk) {
             k->rmsnorm_forward(a->q, a->qrstd, a->qpre, w->qn, N * H, hd, eps);
@@ -604,15 +890,17 @@ static void layer_forward(eng_model *m, int l, float *out, scratch_t *s, int B, 
         k->rope_forward(a->k, m->rope_cos, m->rope_sin, m->pos, N, KV, hd);
     });
     PROF(m, ENG_PH_ATTN, k->attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, H, KV, hd));
-    proj_fwd(m, s->tmp, a->att, w->wo, NULL, slot_or_null(m, l, ENG_T_O), a->xa[ENG_T_O], N, Dq, C);
+    proj_fwd(m, s->tmp, a->att, w->wo, &w->Wo, NULL, slot_or_null(m, l, ENG_T_O), a->xa[ENG_T_O], N, Dq, C);
     PROF(m, ENG_PH_NORM, {
         add3(a->h, a->res, s->tmp, (size_t)N * C);
         k->rmsnorm_forward(a->ln2, a->rstd2, a->h, w->ln2, N, C, eps);
     });
-    proj_fwd(m, a->gate, a->ln2, w->wg, NULL, slot_or_null(m, l, ENG_T_GATE), a->xa[ENG_T_GATE], N, C, F);
-    proj_fwd(m, a->up, a->ln2, w->wu, NULL, slot_or_null(m, l, ENG_T_UP), a->xa[ENG_T_UP], N, C, F);
+    proj_fwd(m, a->gate, a->ln2, w->wg, &w->Wg, NULL, slot_or_null(m, l, ENG_T_GATE), a->xa[ENG_T_GATE], N, C,
+             F);
+    proj_fwd(m, a->up, a->ln2, w->wu, &w->Wu, NULL, slot_or_null(m, l, ENG_T_UP), a->xa[ENG_T_UP], N, C, F);
     PROF(m, ENG_PH_NORM, k->swiglu_forward(s->act, a->gate, a->up, N, F));
-    proj_fwd(m, s->tmp, s->act, w->wd, NULL, slot_or_null(m, l, ENG_T_DOWN), a->xa[ENG_T_DOWN], N, F, C);
+    proj_fwd(m, s->tmp, s->act, w->wd, &w->Wd, NULL, slot_or_null(m, l, ENG_T_DOWN), a->xa[ENG_T_DOWN], N, F,
+             C);
     PROF(m, ENG_PH_NORM, add3(out, a->h, s->tmp, (size_t)N * C));
 }
 
@@ -630,24 +918,24 @@ static void layer_backward(eng_model *m, int l, scratch_t *s, int B, int T) {
         k->swiglu_forward(s->act, a->gate, a->up, N, F);
         memset(s->dact, 0, nF * sizeof(float));
     });
-    proj_bwd(m, s->dact, s->dres, s->act, w->wd, slot_or_null(m, l, ENG_T_DOWN), a->xa[ENG_T_DOWN], s->lscr,
-             N, F, C);
+    proj_bwd(m, s->dact, s->dres, s->act, w->wd, &w->Wd, slot_or_null(m, l, ENG_T_DOWN), a->xa[ENG_T_DOWN],
+             s->lscr, N, F, C);
     PROF(m, ENG_PH_NORM, {
         memset(s->dgate, 0, nF * sizeof(float));
         memset(s->dup, 0, nF * sizeof(float));
         k->swiglu_backward(s->dgate, s->dup, s->dact, a->gate, a->up, N, F);
         memset(s->dln, 0, nC * sizeof(float));
     });
-    proj_bwd(m, s->dln, s->dgate, a->ln2, w->wg, slot_or_null(m, l, ENG_T_GATE), a->xa[ENG_T_GATE], s->lscr,
+    proj_bwd(m, s->dln, s->dgate, a->ln2, w->wg, &w->Wg, slot_or_null(m, l, ENG_T_GATE), a->xa[ENG_T_GATE],
+             s->lscr, N, C, F);
+    proj_bwd(m, s->dln, s->dup, a->ln2, w->wu, &w->Wu, slot_or_null(m, l, ENG_T_UP), a->xa[ENG_T_UP], s->lscr,
              N, C, F);
-    proj_bwd(m, s->dln, s->dup, a->ln2, w->wu, slot_or_null(m, l, ENG_T_UP), a->xa[ENG_T_UP], s->lscr, N, C,
-             F);
     PROF(m, ENG_PH_NORM, k->rmsnorm_backward(s->dres, s->dln, a->h, w->ln2, a->rstd2, N, C));
 
     /* attention: h = res + o(attn(rope(q), rope(k), v)) */
     memset(s->datt, 0, (size_t)N * Dq * sizeof(float));
-    proj_bwd(m, s->datt, s->dres, a->att, w->wo, slot_or_null(m, l, ENG_T_O), a->xa[ENG_T_O], s->lscr, N, Dq,
-             C);
+    proj_bwd(m, s->datt, s->dres, a->att, w->wo, &w->Wo, slot_or_null(m, l, ENG_T_O), a->xa[ENG_T_O], s->lscr,
+             N, Dq, C);
     PROF(m, ENG_PH_ATTN, {
         memset(s->dq, 0, (size_t)N * Dq * sizeof(float));
         memset(s->dk, 0, (size_t)N * Dk * sizeof(float));
@@ -668,9 +956,12 @@ static void layer_backward(eng_model *m, int l, scratch_t *s, int B, int T) {
         }
         memset(s->dln, 0, nC * sizeof(float));
     });
-    proj_bwd(m, s->dln, dq, a->ln1, w->wq, slot_or_null(m, l, ENG_T_Q), a->xa[ENG_T_Q], s->lscr, N, C, Dq);
-    proj_bwd(m, s->dln, dk, a->ln1, w->wk, slot_or_null(m, l, ENG_T_K), a->xa[ENG_T_K], s->lscr, N, C, Dk);
-    proj_bwd(m, s->dln, s->dv, a->ln1, w->wv, slot_or_null(m, l, ENG_T_V), a->xa[ENG_T_V], s->lscr, N, C, Dk);
+    proj_bwd(m, s->dln, dq, a->ln1, w->wq, &w->Wq, slot_or_null(m, l, ENG_T_Q), a->xa[ENG_T_Q], s->lscr, N, C,
+             Dq);
+    proj_bwd(m, s->dln, dk, a->ln1, w->wk, &w->Wk, slot_or_null(m, l, ENG_T_K), a->xa[ENG_T_K], s->lscr, N, C,
+             Dk);
+    proj_bwd(m, s->dln, s->dv, a->ln1, w->wv, &w->Wv, slot_or_null(m, l, ENG_T_V), a->xa[ENG_T_V], s->lscr, N,
+             C, Dk);
     PROF(m, ENG_PH_NORM, k->rmsnorm_backward(s->dres, s->dln, a->res, w->ln1, a->rstd1, N, C));
 }
 
@@ -700,7 +991,7 @@ double eng_model_step(eng_model *m, const int *tokens, const int *targets, int B
     scratch_t s = point_scratch(m, (size_t)N);
     const eng_kernels *k = m->k;
 
-    PROF(m, ENG_PH_NORM, k->embedding_forward(m->acts[0].res, tokens, m->wte, N, C));
+    PROF(m, ENG_PH_NORM, eng_model_embed(m, m->acts[0].res, tokens, N));
     for (int l = 0; l < m->L; l++)
         layer_forward(m, l, l + 1 < m->L ? m->acts[l + 1].res : m->resL, &s, B, T);
     PROF(m, ENG_PH_NORM, k->rmsnorm_forward(m->lnf, m->rstdf, m->resL, m->norm, N, C, m->cfg.rms_norm_eps));
@@ -728,13 +1019,18 @@ double eng_model_step(eng_model *m, const int *tokens, const int *targets, int B
         float *gA = backward ? eng_model_grad_of(m, hl->A) : NULL,
               *gB = backward ? eng_model_grad_of(m, hl->B) : NULL;
         PROF(m, ENG_PH_HEAD,
-             loss = k->head_loss_lora(lp, backward ? s.dln : NULL, entropy, m->lnf, m->head, hl->A, hl->B,
-                                      m->scale, m->lora.rank, gA, gB, targ, N, C, m->V, m->head_chunk,
-                                      loss_fn ? loss_fn : no_loss, ctx, s.head));
+             loss = k->head_loss_w(lp, backward ? s.dln : NULL, entropy, m->lnf, m->head, hl->A, hl->B,
+                                   m->scale, m->lora.rank, gA, gB, targ, N, C, m->V, m->head_chunk,
+                                   loss_fn ? loss_fn : no_loss, ctx, s.head, m->head ? NULL : &m->Whead,
+                                   m->compute));
     } else {
         PROF(m, ENG_PH_HEAD,
-             loss = k->head_loss(lp, backward ? s.dln : NULL, entropy, m->lnf, m->head, targ, N, C, m->V,
-                                 m->head_chunk, loss_fn ? loss_fn : no_loss, ctx, s.head));
+             loss = m->head
+                        ? k->head_loss(lp, backward ? s.dln : NULL, entropy, m->lnf, m->head, targ, N, C,
+                                       m->V, m->head_chunk, loss_fn ? loss_fn : no_loss, ctx, s.head)
+                        : k->head_loss_w(lp, backward ? s.dln : NULL, entropy, m->lnf, NULL, NULL, NULL, 0.0f,
+                                         0, NULL, NULL, targ, N, C, m->V, m->head_chunk,
+                                         loss_fn ? loss_fn : no_loss, ctx, s.head, &m->Whead, m->compute));
     }
     free(tg);
     if (!backward) return loss;

@@ -1,8 +1,13 @@
-/* model.h: a Llama-family decoder with frozen f32 base weights and trainable LoRA adapters.
+/* model.h: a Llama-family decoder with frozen base weights (kept as stored) and trainable LoRA adapters.
  *
  * Memory (one buffer per role, structs of pointers into them, llm.c style):
- *  - base:    every frozen weight as f32 (F32/BF16/F16 checkpoints are widened once at load), 64-byte
- * aligned.
+ *  - base:    the frozen weights kept as f32 (norms, biases, and every matrix of an F32 checkpoint), 64-byte
+ *             aligned. The matrices (embedding, head, the seven projections) of a BF16/F16 safetensors
+ *             checkpoint or of a GGUF file stay in their stored format, read in place from the file mapping
+ *             (or from `wstore`, a buffer the model owns, for rows the load had to reorder and for random
+ *             models made in a chosen storage type); each is described by an eng_wmat (wmat.h) and read only
+ *             through the wmat kernels, which dequantize per tile or on the fly. Matrices stored f32 have
+ *             an F32 eng_wmat pointing into `base` and run exactly the f32 kernels they always did.
  *  - lora:    every A [r, in] and B [out, r] of every adapted projection, back to back (layer-major, target
  * order q, k, v, o, gate, up, down); grad, adam_m and adam_v mirror it element for element, so AdamW and the
  *             global gradient norm are one loop over one array.
@@ -21,6 +26,7 @@
 
 #include "engine/config.h"
 #include "engine/ops.h"
+#include "engine/wmat.h"
 #include "util/err.h"
 
 /* The projections LoRA can adapt, in buffer order. */
@@ -58,6 +64,8 @@ typedef struct eng_layer_weights {
     float *bq, *bk, *bv;      /* biases (attention_bias) or NULL */
     float *qn, *kn;           /* [hd] q_norm / k_norm (qk_norm) or NULL */
     float *wg, *wu, *wd;      /* [F, C], [F, C], [C, F] */
+    /* The seven matrices as stored; the float pointers above are NULL unless the type is GGUF_F32. */
+    eng_wmat Wq, Wk, Wv, Wo, Wg, Wu, Wd;
 } eng_layer_weights;
 
 typedef struct eng_lora_slot {
@@ -90,8 +98,17 @@ typedef struct eng_model {
     float *base;    /* one buffer for all frozen weights, possibly shared (eng_model_share) */
     int *base_refs; /* models using `base`; the last one frees it */
     size_t n_base;
-    float *wte, *norm, *head; /* head == wte when tied */
+    float *wte, *norm, *head; /* head == wte when tied; NULL when not stored f32 */
+    eng_wmat Wte, Whead;      /* embedding and head as stored (Whead == Wte when tied) */
     eng_layer_weights *layers;
+    int wtype;   /* storage of the matrices: GGUF_F32 (in base), another type (in wstore), -1 (loader-set) */
+    int compute; /* ENG_COMPUTE_F32 (default) or ENG_COMPUTE_BF16: how the stored matrices' GEMMs run */
+    /* Storage behind the matrices, shared with `base` (same refcount, released with it): */
+    void *wstore;    /* owned buffer of matrices (or reordered rows), or NULL */
+    size_t wstore_n; /* its bytes */
+    void *wfile;     /* the open gguf_file / st_reader the matrices point into, or NULL */
+    int wfile_kind;  /* 1 gguf_file, 2 st_reader */
+    size_t n_wbytes; /* bytes of the matrices not stored f32 (in wstore or the mapping) */
 
     /* LoRA (all NULL / 0 until eng_model_lora_init) */
     eng_lora_config lora;
@@ -119,15 +136,23 @@ typedef struct eng_model {
     int head_chunk;
 
     double prof[ENG_NPHASES];
-    char load_note[160]; /* "" or what loading changed (GGUF weights widened to f32, and their size) */
+    char load_note[160]; /* "" or what is resident after the load (storage types and bytes) */
 } eng_model;
 
 /* A model of config `cfg` with all base weights zero (fill them with eng_model_init_random or load them).
  * Returns NULL with err on OOM or an unusable config. */
 eng_model *eng_model_new(const eng_config *cfg, const eng_kernels *k, lt_err *err);
-/* Loads DIR (config.json + model.safetensors or a sharded index); F32/BF16/F16 widened to f32. A path ending
- * in .gguf is read as a GGUF file instead (gguf_model.h; every type widened to f32, noted in load_note). */
+/* The same with the matrices (embedding, head, projections) allocated in storage type `wtype` (GGUF_F32,
+ * GGUF_BF16, GGUF_F16 or GGUF_Q8_0; see gguf.h), zero; eng_model_init_random fills them (random f32 values
+ * rounded into that type). With wtype < 0 the matrices are left unset (all-zero eng_wmat): a loader points
+ * them into a file and sets wfile / wstore. */
+eng_model *eng_model_new_stored(const eng_config *cfg, const eng_kernels *k, int wtype, lt_err *err);
+/* Loads DIR (config.json + model.safetensors or a sharded index). F32 tensors are copied into the f32 base;
+ * BF16/F16 matrices stay as stored in the mmap'd files (norms and biases are widened); load_note says what is
+ * resident. A path ending in .gguf is read as a GGUF file instead (gguf_model.h: tensors kept as stored).
+ * eng_model_load_f32 widens every weight to f32 (the reference the stored kernels are tested against). */
 eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err);
+eng_model *eng_model_load_f32(const char *dir, const eng_kernels *k, lt_err *err);
 void eng_model_free(eng_model *m); /* NULL is fine */
 /* A new model that shares src's frozen weights (read-only; reference-counted, so src may be freed first) with
  * no adapter and its own arena: several jobs on one base model hold one copy of the weights, and models
@@ -138,9 +163,20 @@ eng_model *eng_model_share(eng_model *src, lt_err *err);
 void eng_model_init_random(eng_model *m, uint64_t seed, float std);
 
 /* Calls fn for every frozen tensor with its HF name and shape (rows, cols; cols = 0 for a vector). The tied
- * head is not listed separately. Stops and returns the first non-zero value fn returns. */
+ * head is not listed separately. Stops and returns the first non-zero value fn returns. A matrix not stored
+ * f32 is passed as a temporary f32 copy (one matrix at a time) that is valid only during the call; writing
+ * into it changes nothing (eng_model_all_f32 says whether data is the resident weight). Returns -1 when such
+ * a copy cannot be allocated. */
 typedef int (*eng_weight_fn)(void *ctx, const char *name, float *data, int rows, int cols);
 int eng_model_each_weight(eng_model *m, eng_weight_fn fn, void *ctx);
+
+/* For loaders: as each_weight, but a matrix not yet set (eng_model_new_stored with wtype < 0) is passed with
+ * data NULL so that fn can point its eng_wmat (eng_model_wmat_of) at the stored bytes. */
+int eng_model_each_weight_unset(eng_model *m, eng_weight_fn fn, void *ctx);
+/* 1 when every matrix is stored f32 (each_weight then passes the resident weights themselves). */
+int eng_model_all_f32(const eng_model *m);
+/* What is resident, e.g. "Q4_1 91.3 MB + Q8_0 30.1 MB (as stored) + F32 0.1 MB", into buf. */
+void eng_model_resident(const eng_model *m, char *buf, size_t cap);
 
 /* Allocates and initialises LoRA parameters, gradients and AdamW moments (replacing any existing adapter).
  * Returns 0 or -1 with err (rank < 1, alpha <= 0, no target, OOM). */
@@ -165,10 +201,21 @@ double eng_model_step(eng_model *m, const int *tokens, const int *targets, int B
                       eng_token_loss_fn loss_fn, void *ctx, float *logp, float *entropy, int backward,
                       lt_err *err);
 
+/* The storage-aware pieces the sampler shares with the step: out[N, O] = inp W^T + bias through the f32
+ * kernel when W is non-NULL, else through the stored matrix Wm; the embedding rows of tokens[N] into
+ * out[N, C] (dequantizing only those rows). */
+void eng_model_linear(eng_model *m, float *out, const float *inp, const float *W, const eng_wmat *Wm,
+                      const float *bias, int N, int In, int O);
+void eng_model_embed(eng_model *m, float *out, const int *tokens, int N);
+/* The eng_wmat of an HF matrix name ("model.layers.3.mlp.up_proj.weight", "lm_head.weight"); NULL for a
+ * vector or an unknown name. */
+eng_wmat *eng_model_wmat_of(eng_model *m, const char *name);
+
 /* Makes sure the RoPE tables cover positions [0, n). Returns 0 or -1 with err. */
 int eng_model_rope_reserve(eng_model *m, int n, lt_err *err);
 
-/* Bytes of the frozen weights, of LoRA params+grads+moments, and of the activation arena + scratch. */
+/* Bytes of the frozen weights as resident (f32 base + stored matrices), of LoRA params+grads+moments, and of
+ * the activation arena + scratch. */
 size_t eng_model_base_bytes(const eng_model *m);
 size_t eng_model_lora_bytes(const eng_model *m);
 size_t eng_model_arena_bytes(const eng_model *m);

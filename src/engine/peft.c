@@ -215,6 +215,15 @@ static int merge_one(void *vctx, const char *name, float *data, int rows, int co
     int ndim = cols ? 2 : 1;
     const eng_lora_slot *sl = slot_for(c->m, name);
     const float *src = data;
+    if (!sl && cols && !eng_model_all_f32(c->m)) {
+        /* a matrix kept in its stored format comes as a temporary f32 copy: the writer borrows until write */
+        size_t n = (size_t)rows * cols;
+        float *w = malloc(n * sizeof(float));
+        if (!w) return lt_err_set(c->err, 500, "merged export: out of memory"), 1;
+        memcpy(w, data, n * sizeof(float));
+        c->tmp[c->ntmp++] = w;
+        return st_writer_add_f32(c->w, name, c->dt, ndim, shape, w, c->err) ? 1 : 0;
+    }
     if (sl) {
         size_t n = (size_t)rows * cols;
         float *w = malloc(n * sizeof(float));
@@ -243,8 +252,8 @@ int eng_export_merged(eng_model *m, const char *path, st_dtype dtype, lt_err *er
             err, 400,
             "merged export: this model ties lm_head to the embedding, so an lm_head adapter cannot be "
             "merged into one shared matrix; train without the lm_head target or untie the head");
-    merge_ctx c = {m,  st_writer_new(), dtype, calloc((size_t)m->L * ENG_NTARGETS + 2, sizeof(float *)), 0,
-                   err};
+    merge_ctx c = {
+        m, st_writer_new(), dtype, calloc((size_t)m->L * (ENG_NTARGETS + 1) + 3, sizeof(float *)), 0, err};
     if (!c.tmp) {
         st_writer_free(c.w);
         return lt_err_set(err, 500, "merged export: out of memory");

@@ -8,6 +8,10 @@
  * the kernel table's attention is the full causal (B, T) block. Rows that finished keep being computed until
  * all are done (their output is ignored): a short batch is cheaper than compacting caches.
  *
+ * Weights are read as stored (eng_model_linear / eng_model_embed): a quantized or bf16 base is decoded
+ * through the wmat GEMV (N <= ENG_WMAT_GEMV_MAX rows: dequantized on the fly, so a token costs the stored
+ * bytes of the weights) or the tiled GEMM for more rows; an f32 base goes to the f32 kernels as before.
+ *
  * Token choice (pick): greedy at temperature 0; otherwise softmax(logits / T) restricted to the top_k best
  * and then to the smallest prefix whose probability reaches top_p, renormalised, drawn with the sample's own
  * RNG. */
@@ -98,9 +102,9 @@ static int dec_alloc(dec_t *d, const eng_model *m, int S, int maxT) {
     return 0;
 }
 
-static void proj(eng_model *m, float *out, const float *inp, const float *W, const float *b, int l,
-                 eng_target t, float *xa, int N, int I, int O) {
-    m->k->linear_forward(out, inp, W, b, N, I, O);
+static void proj(eng_model *m, float *out, const float *inp, const float *W, const eng_wmat *Wm,
+                 const float *b, int l, eng_target t, float *xa, int N, int I, int O) {
+    eng_model_linear(m, out, inp, W, Wm, b, N, I, O);
     if (m->slots) {
         eng_lora_slot *sl = eng_model_slot(m, l, t);
         if (sl->A) m->k->lora_forward(out, xa, inp, sl->A, sl->B, m->scale, N, I, m->lora.rank, O);
@@ -156,13 +160,13 @@ static void decode_step(eng_model *m, dec_t *d, const int *tokens, int p) {
     int qk = m->cfg.qk_norm;
     for (int s = 0; s < S; s++)
         d->pos[s] = p;
-    k->embedding_forward(d->x, tokens, m->wte, S, C);
+    eng_model_embed(m, d->x, tokens, S);
     for (int l = 0; l < m->L; l++) {
         eng_layer_weights *w = &m->layers[l];
         k->rmsnorm_forward(d->ln, d->rstd, d->x, w->ln1, S, C, eps);
-        proj(m, qk ? d->qpre : d->q, d->ln, w->wq, w->bq, l, ENG_T_Q, d->xa, S, C, Dq);
-        proj(m, qk ? d->kpre : d->kk, d->ln, w->wk, w->bk, l, ENG_T_K, d->xa, S, C, Dk);
-        proj(m, d->vv, d->ln, w->wv, w->bv, l, ENG_T_V, d->xa, S, C, Dk);
+        proj(m, qk ? d->qpre : d->q, d->ln, w->wq, &w->Wq, w->bq, l, ENG_T_Q, d->xa, S, C, Dq);
+        proj(m, qk ? d->kpre : d->kk, d->ln, w->wk, &w->Wk, w->bk, l, ENG_T_K, d->xa, S, C, Dk);
+        proj(m, d->vv, d->ln, w->wv, &w->Wv, w->bv, l, ENG_T_V, d->xa, S, C, Dk);
         if (qk) {
             k->rmsnorm_forward(d->q, d->qrstd, d->qpre, w->qn, S * H, hd, eps);
             k->rmsnorm_forward(d->kk, d->krstd, d->kpre, w->kn, S * KV, hd, eps);
@@ -175,13 +179,13 @@ static void decode_step(eng_model *m, dec_t *d, const int *tokens, int p) {
             memcpy(d->vc + at, d->vv + (size_t)s * Dk, (size_t)Dk * sizeof(float));
         }
         decode_attention(m, d, l, p);
-        proj(m, d->tmp, d->att, w->wo, NULL, l, ENG_T_O, d->xa, S, Dq, C);
+        proj(m, d->tmp, d->att, w->wo, &w->Wo, NULL, l, ENG_T_O, d->xa, S, Dq, C);
         add_inplace(d->x, d->tmp, (size_t)S * C);
         k->rmsnorm_forward(d->ln, d->rstd, d->x, w->ln2, S, C, eps);
-        proj(m, d->gate, d->ln, w->wg, NULL, l, ENG_T_GATE, d->xa, S, C, F);
-        proj(m, d->up, d->ln, w->wu, NULL, l, ENG_T_UP, d->xa, S, C, F);
+        proj(m, d->gate, d->ln, w->wg, &w->Wg, NULL, l, ENG_T_GATE, d->xa, S, C, F);
+        proj(m, d->up, d->ln, w->wu, &w->Wu, NULL, l, ENG_T_UP, d->xa, S, C, F);
         k->swiglu_forward(d->act, d->gate, d->up, S, F);
-        proj(m, d->tmp, d->act, w->wd, NULL, l, ENG_T_DOWN, d->xa, S, F, C);
+        proj(m, d->tmp, d->act, w->wd, &w->Wd, NULL, l, ENG_T_DOWN, d->xa, S, F, C);
         add_inplace(d->x, d->tmp, (size_t)S * C);
     }
     k->rmsnorm_forward(d->ln, d->rstd, d->x, m->norm, S, C, eps);
@@ -190,7 +194,7 @@ static void decode_step(eng_model *m, dec_t *d, const int *tokens, int p) {
 
 /* logits[N, V] of the final-norm rows x[N, C], with the head's LoRA when there is one. xa: N*r floats. */
 static void head_logits(eng_model *m, float *logits, const float *x, float *xa, int N) {
-    m->k->linear_forward(logits, x, m->head, NULL, N, m->C, m->V);
+    eng_model_linear(m, logits, x, m->head, &m->Whead, NULL, N, m->C, m->V);
     const eng_lora_slot *hl = &m->head_lora;
     if (hl->A) m->k->lora_forward(logits, xa, x, hl->A, hl->B, m->scale, N, m->C, m->lora.rank, m->V);
 }
