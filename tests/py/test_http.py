@@ -256,6 +256,8 @@ def test_serve_help_lists_every_setting():
         ("--models-dir", "LATHE_MODELS_DIR"), ("--workers", "LATHE_WORKERS"), ("--rate-limit", "LATHE_RATE_LIMIT"),
         ("--max-active-jobs", "LATHE_MAX_ACTIVE_JOBS"), ("--min-client-version", "LATHE_MIN_CLIENT_VERSION"),
         ("--max-body", "LATHE_MAX_BODY"), ("--lease-s", "LATHE_LEASE_S"), ("--worlds-url", "LATHE_WORLDS_URL"),
+        ("--max-streams", "LATHE_MAX_STREAMS"), ("--max-streams-per-key", "LATHE_MAX_STREAMS_PER_KEY"),
+        ("--keep-alive", "LATHE_KEEP_ALIVE"),
     ]:
         assert flag in out and env in out, flag
     bad = subprocess.run([str(LATHE_BIN), "serve", "--rate-limit", "fast"], capture_output=True, text=True,
@@ -263,6 +265,9 @@ def test_serve_help_lists_every_setting():
     assert bad.returncode == 2 and "RATE:BURST" in bad.stderr
     bad = subprocess.run([str(LATHE_BIN), "serve", "--no-such-flag"], capture_output=True, text=True, timeout=10)
     assert bad.returncode == 2 and "unknown flag" in bad.stderr
+    for flag, value in (("--max-streams", "0"), ("--max-streams-per-key", "x"), ("--keep-alive", "2")):
+        bad = subprocess.run([str(LATHE_BIN), "serve", flag, value], capture_output=True, text=True, timeout=10)
+        assert bad.returncode == 2 and flag in bad.stderr, (flag, bad.stderr)
 
 
 def test_serve_refuses_bad_store_and_listen(tmp_path):
