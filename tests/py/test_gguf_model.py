@@ -194,6 +194,14 @@ def test_tiny_gguf_matches_transformers_and_dir(arch, tmp_path):
     from_dir = lathe_logprobs(d, seqs)
     for a, b in zip(from_gguf, from_dir):
         assert torch.equal(a, b), (a - b).abs().max()
+    if arch == "llama":  # the benches run on a GGUF's own weights (figures are not asserted)
+        out = json.loads(lathe("bench", "sample", "--model", str(f), "--threads", "1", "--json").stdout)
+        assert out["model"] == str(f) and out["preset"] is None and out["tokens_per_s_batch1"] > 0
+        out = json.loads(lathe("bench", "train", "--model", str(f), "--steps", "1", "--seq", "16", "--json").stdout)
+        assert out["model"] == str(f) and out["tokens_per_s"] > 0
+        p = subprocess.run([LATHE, "bench", "sample", "--model", str(d), "--peer", "llama.cpp"], capture_output=True,
+                           text=True)
+        assert p.returncode == 2 and "FILE.gguf" in p.stderr  # the peer needs a GGUF
     try:
         model = hf_from_gguf(f)
     except (ValueError, KeyError, NotImplementedError) as e:  # an architecture transformers' GGUF loader lacks
