@@ -6,6 +6,7 @@
 # PostgreSQL refuses to run as root, so as root the server runs as an unprivileged system user: $LATHE_PG_USER,
 # else "postgres" (Debian's package creates it), else "nobody". Binaries: $LATHE_PG_BIN, else the newest
 # /usr/lib/postgresql/*/bin, else initdb on PATH.
+# A DIR whose cluster was stopped (pg_ctl stop) is started again, with its data.
 # Exit 2 (with the reason on stderr) when PostgreSQL cannot be started here: callers skip, saying why.
 set -euo pipefail
 dir=${1:?usage: tests/pg-start.sh DIR}
@@ -33,7 +34,9 @@ fi
 mkdir -p "$dir"
 [ ${#run[@]} -eq 0 ] || chown "$user" "$dir"
 chmod 0700 "$dir"
-if ! "${run[@]}" "$bin/initdb" -D "$dir/data" -U lathe -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1; then
+if [ -f "$dir/data/PG_VERSION" ]; then
+    : # started before and stopped: start the same cluster again (tests of a database restart)
+elif ! "${run[@]}" "$bin/initdb" -D "$dir/data" -U lathe -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1; then
     echo "pg-start: initdb failed (log: $dir/initdb.log):" >&2
     tail -5 "$dir/initdb.log" >&2
     exit 2

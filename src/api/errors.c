@@ -168,8 +168,13 @@ void api_error_from(api_resp *resp, const lt_err *err) {
     case 422:
         api_error(resp, 422, "validation_error", "%s", msg);
         return;
+    case 503: /* the store is down or stayed busy (db.h): the client retries later */
+        lt_log(LOG_WARN, "store unavailable: %s", msg);
+        api_header_add(resp, "Retry-After", "2");
+        api_error(resp, 503, "service_unavailable", "the store is unavailable; retry shortly (request %s)",
+                  resp->request_id ? resp->request_id : "-");
+        return;
     case 502:
-    case 503:
         lt_log(LOG_WARN, "backend unavailable: %s", msg);
         api_error(resp, 502, "bad_gateway", "the store did not answer correctly; try again (request %s)",
                   resp->request_id ? resp->request_id : "-");

@@ -97,3 +97,46 @@ def shutdown():
         if _server and _server[1]:
             subprocess.run([str(ROOT / "tests" / "pg-stop.sh"), _server[1]], capture_output=True)
         _server = None
+
+
+# ---- a private server, for tests that stop and restart PostgreSQL under a running lathe ----
+
+
+def start_private():
+    """(dir, admin URL) of a new server of the caller's own, or (None, reason) when none can start."""
+    d = tempfile.mkdtemp(prefix="lathe-pg-")
+    cp = subprocess.run([str(ROOT / "tests" / "pg-start.sh"), d], capture_output=True, text=True)
+    if cp.returncode != 0:
+        shutil.rmtree(d, ignore_errors=True)
+        return None, "PostgreSQL could not be started: " + (cp.stderr.strip() or "exit %d" % cp.returncode)
+    if not _psql():
+        subprocess.run([str(ROOT / "tests" / "pg-stop.sh"), d], capture_output=True)
+        return None, "psql not found (install Debian's postgresql: scripts/setup.sh --test)"
+    return d, cp.stdout.strip().splitlines()[-1]
+
+
+def stop_keep(d):
+    """Stops the private server in d (fast shutdown: open connections are cut), keeping its data."""
+    data = pathlib.Path(d) / "data"
+    owner = data.owner()
+    pg_ctl = str(pathlib.Path(_psql()).parent / "pg_ctl")
+    if not os.path.exists(pg_ctl):
+        pg_ctl = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1]
+    run = ["runuser", "-u", owner, "--"] if os.geteuid() == 0 else []
+    subprocess.run(run + [pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"], check=True,
+                   capture_output=True)
+
+
+def start_again(d):
+    """Starts the private server in d again on its data (after stop_keep)."""
+    subprocess.run([str(ROOT / "tests" / "pg-start.sh"), d], check=True, capture_output=True)
+
+
+def destroy(d):
+    subprocess.run([str(ROOT / "tests" / "pg-stop.sh"), d], capture_output=True)
+
+
+def create_database(admin, name):
+    """Creates database name on admin's server; returns its URL."""
+    psql(admin, "CREATE DATABASE %s TEMPLATE template0" % name)
+    return admin + ("&" if "?" in admin else "?") + "dbname=" + name

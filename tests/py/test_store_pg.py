@@ -1,0 +1,108 @@
+"""`lathe serve` on PostgreSQL itself (`--db postgres://...`), beyond what the suite's PostgreSQL pass covers:
+the database going away under a running server (503 service_unavailable with Retry-After, /readyz 503, no crash,
+recovery by itself once it is back, nothing lost), several servers starting together on one empty database
+(migrations and the first-start bootstrap run once), and what one server writes being seen by another at once.
+
+Each test gets a private PostgreSQL server (tests/pg-start.sh) so that it can stop and start it; where
+PostgreSQL cannot start here, the tests are skipped with the reason."""
+
+import itertools
+import threading
+import time
+
+import pytest
+
+import pg
+from conftest import LatheServer, assert_envelope
+
+_seq = itertools.count()
+
+
+@pytest.fixture
+def private_pg():
+    d, url = pg.start_private()
+    if not d:
+        pytest.skip(url)
+    yield d, url
+    pg.destroy(d)
+
+
+def _fresh_db(admin):
+    return pg.create_database(admin, "lt_store_pg_%d" % next(_seq))
+
+
+def _wait(pred, timeout=30, every=0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    return pred()
+
+
+def test_outage_is_503_and_the_server_recovers_by_itself(private_pg, tmp_path):
+    d, admin = private_pg
+    url = _fresh_db(admin)
+    s = LatheServer(tmp_path / "srv", args=["--db", url, "--workers", "0"])
+    try:
+        assert s.get("/readyz").status_code == 200
+        assert s.post("/api/v1/orgs", json={"key": "before"}).status_code == 201
+        pg.stop_keep(d)
+        # Every request that needs the store fails cleanly while the database is down: 503, never a crash.
+        for path in ("/api/v1/user", "/api/v1/orgs"):
+            r = s.get(path)
+            body = assert_envelope(r, 503, "service_unavailable")
+            assert r.headers.get("Retry-After"), r.headers
+            assert "store" in body["detail"]
+        assert_envelope(s.post("/api/v1/orgs", json={"key": "during"}), 503, "service_unavailable")
+        assert s.get("/readyz").status_code == 503
+        assert s.get("/healthz").status_code == 200  # alive, only not ready
+        assert s.proc.poll() is None
+        pg.start_again(d)
+        # Back by itself: the per-thread connections are reset on their next use.
+        assert _wait(lambda: s.get("/readyz").status_code == 200), s.log()[-2000:]
+        assert _wait(lambda: s.get("/api/v1/user").status_code == 200), s.log()[-2000:]
+        assert s.post("/api/v1/orgs", json={"key": "after"}).status_code == 201
+        keys = [o["key"] for o in s.get("/api/v1/orgs").json()["items"]]
+        assert "before" in keys and "after" in keys and "during" not in keys
+    finally:
+        assert s.stop() == 0, s.log()[-3000:]
+
+
+def test_servers_starting_together_migrate_and_bootstrap_once(private_pg, tmp_path):
+    _, admin = private_pg
+    url = _fresh_db(admin)
+    servers, errors = [None] * 3, []
+
+    def start(i):
+        try:
+            servers[i] = LatheServer(tmp_path / ("srv%d" % i), args=["--db", url, "--workers", "0"])
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        rows = pg.psql(url, "SELECT area, version, COUNT(*) FROM schema_migrations GROUP BY area, version")
+        counts = [line.split("|") for line in rows.splitlines()]
+        assert counts and all(c[2] == "1" for c in counts), counts
+        assert {c[0] for c in counts} == {"core", "artifacts", "jobs"}, counts
+        # One first-start bootstrap: one admin user, one default org, whoever won.
+        assert pg.psql(url, "SELECT COUNT(*) FROM users").strip() == "1"
+        assert pg.psql(url, "SELECT COUNT(*) FROM orgs WHERE slug = 'default'").strip() == "1"
+        # Every server serves, and sees what another wrote at once.
+        a, b = servers[0], servers[1]
+        key = next(s.key for s in servers if (s.data_dir / "admin.key").exists() and s.key)
+        sa, sb = a.session(key=key), b.session(key=key)
+        assert sa.post("/api/v1/orgs", json={"key": "shared"}).status_code == 201
+        assert "shared" in [o["key"] for o in sb.get("/api/v1/orgs").json()["items"]]
+        assert_envelope(sb.post("/api/v1/orgs", json={"key": "shared"}), 409, "conflict")
+    finally:
+        for s in servers:
+            if s:
+                s.stop()
