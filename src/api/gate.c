@@ -29,6 +29,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -39,6 +40,8 @@
 #define GATE_HEAD_TIMEOUT_S 30.0
 #define GATE_LINGER_S 2.0
 #define GATE_PENDING_MAX 4096
+#define GATE_EAGER 8     /* inspections of a head made as soon as bytes arrive, before the tick takes over */
+#define GATE_TICK_MS 100 /* timeouts, and heads that arrived in pieces, are looked at this often */
 
 /* ================================================================================================== */
 /* the head inspector (pure: fuzzed by tests/fuzz/fuzz_http_headers.c)                                */
@@ -215,6 +218,10 @@ enum { GC_HEAD = 0, GC_LINGER };
 typedef struct gate_conn {
     int fd;
     int state;
+    int hup;          /* the client has sent all it will */
+    int dirty;        /* bytes arrived since the last inspection */
+    size_t inspected; /* bytes seen by the last inspection (0 = none yet) */
+    int inspections;  /* how many so far */
     double deadline;
     struct sockaddr_storage addr;
     socklen_t alen;
@@ -229,6 +236,7 @@ struct api_gate {
     gate_conn *conns;
     int npending;
     char *peek; /* API_GATE_HEAD_MAX + API_GATE_URI_MAX + 1024 bytes */
+    double next_tick;
     size_t peek_cap;
 };
 
@@ -282,7 +290,7 @@ static void gc_refuse(api_gate *g, gate_conn *c, const api_gate_verdict *v) {
     c->deadline = lt_mono_s() + GATE_LINGER_S;
 }
 
-static void gc_readable(api_gate *g, gate_conn *c, int hup) {
+static void gc_readable(api_gate *g, gate_conn *c, int hup, int tick) {
     if (c->state == GC_LINGER) {
         char sink[4096];
         ssize_t k;
@@ -291,14 +299,27 @@ static void gc_readable(api_gate *g, gate_conn *c, int hup) {
         if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) gc_close(g, c);
         return;
     }
+    c->hup |= hup;
+    /* A head that trickles in byte by byte must not cost a peek and a parse of everything per byte
+     * (quadratic): after GATE_EAGER inspections, inspect at once only twice as many bytes as last time, or
+     * the end; otherwise note it and let the next tick (GATE_TICK_MS) inspect. */
+    int avail = 0;
+    if (!tick && c->inspections >= GATE_EAGER && !c->hup && ioctl(c->fd, FIONREAD, &avail) == 0 &&
+        (size_t)avail < 2 * c->inspected && (size_t)avail < g->peek_cap) {
+        c->dirty = 1;
+        return;
+    }
+    c->dirty = 0;
     ssize_t k = recv(c->fd, g->peek, g->peek_cap, MSG_PEEK | MSG_DONTWAIT);
     if (k < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (k <= 0) { /* closed before a request, or an error: nothing to answer */
         gc_close(g, c);
         return;
     }
+    c->inspected = (size_t)k;
+    c->inspections++;
     api_gate_verdict v;
-    int r = api_gate_inspect(g->peek, (size_t)k, hup, &v); /* hup: the client sent all it will */
+    int r = api_gate_inspect(g->peek, (size_t)k, c->hup, &v);
     if (r == API_GATE_MORE) {
         if ((size_t)k >= g->peek_cap) { /* cannot happen: the limits are below the peek size */
             verdict(&v, 431, "the request header fields are larger than %s bytes in all",
@@ -358,14 +379,20 @@ static void gc_accept(api_gate *g) {
             gc_close(g, c);
             continue;
         }
-        gc_readable(g, c, 0); /* the head may already be there */
+        gc_readable(g, c, 0, 0); /* the head may already be there */
     }
 }
 
 static void gc_expire(api_gate *g) {
     double now = lt_mono_s();
+    if (now < g->next_tick) return;
+    g->next_tick = now + GATE_TICK_MS / 1000.0;
     for (gate_conn *c = g->conns, *n; c; c = n) {
         n = c->next;
+        if (c->state == GC_HEAD && c->dirty) {
+            gc_readable(g, c, 0, 1); /* may pass, refuse or free c */
+            continue;
+        }
         if (now < c->deadline) continue;
         if (c->state == GC_LINGER) {
             gc_close(g, c);
@@ -382,7 +409,7 @@ static void *gate_main(void *arg) {
     lt_log_set_context("http-gate");
     struct epoll_event evs[64];
     for (;;) {
-        int n = epoll_wait(g->ep, evs, 64, 250);
+        int n = epoll_wait(g->ep, evs, 64, GATE_TICK_MS);
         if (n < 0 && errno != EINTR) {
             lt_log(LOG_ERROR, "http gate: epoll_wait failed: %s", strerror(errno));
             break;
@@ -395,7 +422,7 @@ static void *gate_main(void *arg) {
             else if (p == &g->listen_fd)
                 gc_accept(g);
             else
-                gc_readable(g, p, (evs[i].events & (EPOLLRDHUP | EPOLLHUP)) != 0);
+                gc_readable(g, p, (evs[i].events & (EPOLLRDHUP | EPOLLHUP)) != 0, 0);
         }
         if (stop) break;
         gc_expire(g);

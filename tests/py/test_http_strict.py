@@ -152,6 +152,24 @@ def test_well_formed_requests_pass(module_server):
     assert len(rs) == 1 and rs[0][0] in (201, 403, 409), rs  # whatever identity policy says, not a framing error
 
 
+def test_head_in_pieces(module_server):
+    """A head that arrives in many small pieces is still judged (the gate inspects it lazily, never once per
+    byte): a good one is served, a bad one refused with the envelope."""
+    port = int(module_server.url.rsplit(":", 1)[1])
+    pad = b"X-Pad: " + b"a" * 4000 + b"\r\n"
+    for head, code in ((b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad + b"\r\n", 200),
+                       (b"GET /healthz HTTP/1.1\r\n" + pad + b"\r\n", 400)):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(head), 16):
+            s.sendall(head[i:i + 16])
+            time.sleep(0.0005)
+        s.settimeout(10)
+        out = s.recv(65536)
+        s.close()
+        assert STATUS_LINE.match(out) and int(STATUS_LINE.match(out).group(1)) == code, out[:200]
+
+
 KEPT_ALIVE = [
     (
         "two-content-lengths",
