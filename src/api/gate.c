@@ -17,9 +17,11 @@
  * attacker starts, is always checked.
  *
  * Slow clients: a head must be complete within GATE_HEAD_TIMEOUT_S (else 408) and at most GATE_PENDING_MAX
- * connections wait at the gate at once (more are closed at once). After an error answer the gate reads and
- * drops what the client still sends for up to GATE_LINGER_S before closing, so the client reads the answer
- * instead of a reset. */
+ * connections wait at the gate at once (more are closed at once). Peeking copies the whole head each time,
+ * so a head that trickles in is inspected at once only GATE_EAGER times, then when its size has doubled or
+ * at the next GATE_TICK_MS tick: a few full inspections per connection, never one per byte. After an error
+ * answer the gate reads and drops what the client still sends for up to GATE_LINGER_S before closing, so the
+ * client reads the answer instead of a reset. */
 #include <errno.h>
 #include <microhttpd.h>
 #include <pthread.h>
