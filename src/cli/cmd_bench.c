@@ -316,8 +316,8 @@ done:
 /* bench/llamacpp_sample.py beside this build (LATHE_ROOT, else two levels above the binary), run with
  * LATHE_PYTHON (else the test venv's python, else python3). Returns its tokens/s at batch 1, or -1 with a
  * message on stderr. */
-static double run_llamacpp_peer(const char *model, int threads) {
-    char exe[4096] = "", script[4200], py[4200], th[16];
+static int peer_script(char *script, size_t cap) {
+    char exe[4096] = "";
     const char *root = getenv("LATHE_ROOT");
     if (!root || !*root) {
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -328,11 +328,15 @@ static double run_llamacpp_peer(const char *model, int threads) {
         }
         root = exe;
     }
-    snprintf(script, sizeof script, "%s/bench/llamacpp_sample.py", root);
-    if (access(script, R_OK) != 0) {
-        fprintf(stderr, "lathe bench: %s not found (set LATHE_ROOT to the lathe checkout)\n", script);
-        return -1;
-    }
+    snprintf(script, cap, "%s/bench/llamacpp_sample.py", root);
+    if (access(script, R_OK) == 0) return 0;
+    fprintf(stderr, "lathe bench: %s not found (set LATHE_ROOT to the lathe checkout)\n", script);
+    return -1;
+}
+
+static double run_llamacpp_peer(const char *model, int threads) {
+    char script[4200], py[4200], th[16];
+    if (peer_script(script, sizeof script)) return -1;
     const char *envpy = getenv("LATHE_PYTHON"), *home = getenv("HOME");
     if (envpy && *envpy)
         snprintf(py, sizeof py, "%s", envpy);
@@ -376,6 +380,8 @@ static double run_llamacpp_peer(const char *model, int threads) {
 }
 
 static int bench_sample(const bench_opts *o) {
+    char script[4200];
+    if (o->peer && peer_script(script, sizeof script)) return EXIT_FAIL; /* before minutes of measuring */
     double bw = copy_bandwidth();
     lt_err err = {0};
     eng_model *m = bench_model(o, &err);
