@@ -50,7 +50,8 @@ blob_store *blob_open(const char *data_dir, lt_err *err) {
         lt_err_set(err, 500, "out of memory opening the blob store");
         return NULL;
     }
-    bs->root = lt_path_join(data_dir, "blobs");
+    const char *shared = getenv("LATHE_BLOB_DIR");
+    bs->root = shared && *shared ? lt_strdup(shared) : lt_path_join(data_dir, "blobs");
     bs->tmp_dir = lt_path_join(bs->root, "tmp");
     char *sha = lt_path_join(bs->root, "sha256");
     int rc = lt_mkdir_p(bs->tmp_dir, 0755, err) || lt_mkdir_p(sha, 0755, err);

@@ -21,11 +21,14 @@
 typedef struct blob_store blob_store;
 typedef struct blob_writer blob_writer;
 
-/* Opens (creating the directories) the blob store under data_dir. NULL with err on failure. */
+/* Opens (creating the directories) the blob store under data_dir: <data dir>/blobs, or the directory named by
+ * the environment variable LATHE_BLOB_DIR when it is set and not empty (`--blob-dir DIR` of lathe serve and
+ * lathe worker sets it: one directory shared by several servers and workers, e.g. over NFS, when the store is
+ * PostgreSQL). NULL with err on failure. */
 blob_store *blob_open(const char *data_dir, lt_err *err);
 void blob_close(blob_store *bs); /* NULL is a no-op */
 
-/* The root directory of the store (<data dir>/blobs); owned by the handle. */
+/* The root directory of the store (<data dir>/blobs or LATHE_BLOB_DIR); owned by the handle. */
 const char *blob_root(const blob_store *bs);
 
 /* 1 when s is "sha256:" + 64 lowercase hex chars. */

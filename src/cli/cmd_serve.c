@@ -42,7 +42,10 @@ static serve_opt OPTS[] = {
     {"--data-dir", "LATHE_DATA_DIR", OPT_STR, "./lathe-data",
      "data directory: SQLite DB, blobs, models, admin.key", NULL},
     {"--db", "LATHE_DB", OPT_STR, "sqlite:<data dir>/lathe.db",
-     "store URL: sqlite:PATH (postgres://... later)", NULL},
+     "store URL: sqlite:PATH or postgres://USER@HOST:PORT/DB", NULL},
+    {"--blob-dir", "LATHE_BLOB_DIR", OPT_STR, "<data dir>/blobs",
+     "blob directory (archives, checkpoints, adapters); one shared dir for several servers and workers",
+     NULL},
     {"--listen", "LATHE_LISTEN", OPT_STR, "127.0.0.1:8080",
      "HOST:PORT to listen on; port 0 picks a free port", NULL},
     {"--models-dir", "LATHE_MODELS_DIR", OPT_STR, "<data dir>/models", "where base models live (the catalog)",
@@ -62,8 +65,8 @@ static serve_opt OPTS[] = {
     {"--threads", "LATHE_HTTP_THREADS", OPT_INT, "8", "HTTP worker threads", NULL},
     {"--keep-alive", "LATHE_KEEP_ALIVE", OPT_INT, "1",
      "0 = close each connection after its response (every request then passes the connection gate)", NULL},
-    {"--max-streams", "LATHE_MAX_STREAMS", OPT_INT, "64", "open event streams in all (more: 429)", NULL},
-    {"--max-streams-per-key", "LATHE_MAX_STREAMS_PER_KEY", OPT_INT, "8",
+    {"--max-streams", "LATHE_MAX_STREAMS", OPT_INT, "256", "open event streams in all (more: 429)", NULL},
+    {"--max-streams-per-key", "LATHE_MAX_STREAMS_PER_KEY", OPT_INT, "32",
      "open event streams per API key (more: 429)", NULL},
     {"--train-threads", "LATHE_TRAIN_THREADS", OPT_INT, "cores / workers", "engine threads per training job",
      NULL},
@@ -269,6 +272,8 @@ int cmd_serve(int argc, char **argv) {
             if (!bad) setenv(o->env, src, 1); /* the artifact routes read it at start */
         } else if (!strcmp(o->flag, "--data-dir"))
             cfg.data_dir = src;
+        else if (!strcmp(o->flag, "--blob-dir"))
+            setenv(o->env, src, 1); /* blob_open reads it */
         else if (!strcmp(o->flag, "--db"))
             cfg.db_url = src;
         else if (!strcmp(o->flag, "--listen"))

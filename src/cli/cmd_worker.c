@@ -88,6 +88,7 @@ static void *loop_main(void *p) {
 static const lc_opt worker_flags[] = {
     {"data-dir", LC_STR, "DIR", "data dir shared with the server (LATHE_DATA_DIR; ./lathe-data)"},
     {"db", LC_STR, "URL", "store URL (LATHE_DB; sqlite:<data dir>/lathe.db)"},
+    {"blob-dir", LC_STR, "DIR", "blob directory shared with the servers (LATHE_BLOB_DIR; <data dir>/blobs)"},
     {"models-dir", LC_STR, "DIR", "base models (LATHE_MODELS_DIR; <data dir>/models)"},
     {"threads", LC_INT, "N", "engine threads per job (LATHE_TRAIN_THREADS)"},
     {"workers", LC_INT, "N", "worker loops in this process (LATHE_WORKERS; 1)"},
@@ -126,6 +127,8 @@ int cmd_worker(int argc, char **argv) {
     const char *data_dir = lc_arg_or_env(&flags, "data-dir", "LATHE_DATA_DIR", "./lathe-data");
     const char *db_url = lc_arg_or_env(&flags, "db", "LATHE_DB", NULL);
     const char *models_dir = lc_arg_or_env(&flags, "models-dir", "LATHE_MODELS_DIR", NULL);
+    const char *blob_dir = lc_arg_or_env(&flags, "blob-dir", "LATHE_BLOB_DIR", NULL);
+    if (blob_dir) setenv("LATHE_BLOB_DIR", blob_dir, 1); /* blob_open reads it */
     const char *threads_s = lc_arg_or_env(&flags, "threads", "LATHE_TRAIN_THREADS", NULL);
     const char *workers_s = lc_arg_or_env(&flags, "workers", "LATHE_WORKERS", NULL);
     const char *lease_s = lc_arg_or_env(&flags, "lease-s", "LATHE_LEASE_S", NULL);

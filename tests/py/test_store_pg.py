@@ -76,8 +76,13 @@ def test_servers_starting_together_migrate_and_bootstrap_once(private_pg, tmp_pa
     servers, errors = [None] * 3, []
 
     def start(i):
+        # A server that finds the store already bootstrapped by another writes no admin.key: a placeholder
+        # lets the fixture start it; the key to use is the one a bootstrapping server printed.
+        d = tmp_path / ("srv%d" % i)
+        d.mkdir()
+        (d / "admin.key").write_text("none\n")
         try:
-            servers[i] = LatheServer(tmp_path / ("srv%d" % i), args=["--db", url, "--workers", "0"])
+            servers[i] = LatheServer(d, args=["--db", url, "--workers", "0"])
         except Exception as e:  # reported below
             errors.append(repr(e))
 
@@ -97,7 +102,7 @@ def test_servers_starting_together_migrate_and_bootstrap_once(private_pg, tmp_pa
         assert pg.psql(url, "SELECT COUNT(*) FROM orgs WHERE slug = 'default'").strip() == "1"
         # Every server serves, and sees what another wrote at once.
         a, b = servers[0], servers[1]
-        key = next(s.key for s in servers if (s.data_dir / "admin.key").exists() and s.key)
+        key = next(s.key for s in servers if "admin API key" in s.stdout)
         sa, sb = a.session(key=key), b.session(key=key)
         assert sa.post("/api/v1/orgs", json={"key": "shared"}).status_code == 201
         assert "shared" in [o["key"] for o in sb.get("/api/v1/orgs").json()["items"]]
@@ -106,3 +111,27 @@ def test_servers_starting_together_migrate_and_bootstrap_once(private_pg, tmp_pa
         for s in servers:
             if s:
                 s.stop()
+
+
+def test_two_servers_share_one_blob_dir(private_pg, tmp_path):
+    """--blob-dir: what one server stores (a dataset archive) the other serves, byte for byte; nothing lands in
+    either data dir's own blobs/."""
+    from test_artifacts import dataset, push, tar_bytes
+
+    _, admin = private_pg
+    url = _fresh_db(admin)
+    shared = tmp_path / "shared-blobs"
+    a = LatheServer(tmp_path / "a", args=["--db", url, "--workers", "0", "--blob-dir", str(shared)])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "admin.key").write_text("none\n")  # b finds the store bootstrapped: it writes no key
+    b = LatheServer(tmp_path / "b", env={"LATHE_BLOB_DIR": str(shared)}, args=["--db", url, "--workers", "0"])
+    try:
+        body = tar_bytes(dataset(name="shared-ds"))
+        rec = push(a, "datasets", body, ctype="application/gzip").json()
+        r = b.session(key=a.key).get("/api/v1/org/default/datasets/shared-ds/1.0.0/download")
+        assert r.status_code == 200 and r.content == body, r.text[:500]
+        hexd = rec["digest"].split(":", 1)[1]
+        assert (shared / "sha256" / hexd[:2] / hexd[2:]).exists()
+        assert not (a.data_dir / "blobs").exists() and not (b.data_dir / "blobs").exists()
+    finally:
+        assert a.stop() == 0 and b.stop() == 0
