@@ -146,3 +146,37 @@ def test_smollm2_every_tensor_matches_gguf_py(tmp_path):
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), t.name
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
     assert set(types) == {"Q4_1", "Q8_0", "F32"}, types
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "q8_0"])
+def test_lathe_writer_read_by_gguf_py(tmp_path, dtype):
+    """Files lathe's writer makes (`lathe model convert DIR X.gguf`) read by gguf-py's GGUFReader: same tensor
+    list, shapes and types as lathe lists, metadata as written, and the quantized bytes are exactly what
+    gguf-py's own quantizer makes of lathe's f32 values (ggml's reference quantizers: Q8_0 amax/127 and
+    roundf, F16/BF16 round to nearest even)."""
+    d = tmp_path / "tiny"
+    lathe("model", "init-tiny", d, "--arch", "qwen3", "--layers", "1", "--hidden", "64", "--heads", "2",
+          "--kv-heads", "1")
+    out = tmp_path / f"tiny-{dtype}.gguf"
+    lathe("model", "convert", d, out, "--dtype", dtype)
+    r = gguf.GGUFReader(str(out))
+    assert bytes(r.fields["general.architecture"].parts[-1]).decode() == "qwen3"
+    assert int(r.fields["general.alignment"].parts[-1][0]) == 32
+    assert int(r.fields["qwen3.block_count"].parts[-1][0]) == 1
+    listing = {t["name"]: t for t in json.loads(lathe("model", "tensor", out, "--json").stdout)}
+    assert len(listing) == len(r.tensors)
+    f32 = tmp_path / "tiny-f32-ref.gguf"
+    lathe("model", "convert", d, f32, "--dtype", "f32")
+    ref = {t.name: t for t in gguf.GGUFReader(str(f32)).tensors}
+    for t in r.tensors:
+        mine = listing[t.name]
+        assert mine["type"] == t.tensor_type.name and mine["ne"] == [int(x) for x in t.shape]
+        if len(t.shape) == 1:
+            assert t.tensor_type == QT.F32
+            continue
+        assert t.tensor_type.name == dtype.upper()
+        values = np.asarray(ref[t.name].data, dtype=np.float32)
+        want = values if dtype == "f32" else gguf.quants.quantize(values, t.tensor_type)
+        assert np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(want).view(np.uint8)), t.name
+        got = lathe_tensor(out, t.name, tmp_path / "t.npy")
+        assert np.array_equal(got, gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)), t.name
