@@ -164,6 +164,7 @@ static const char *const ALG_RL[] = {"importance_sampling", "ppo", NULL};
 static const char *const EXEC_RL[] = {"sync", "one_step_off_async", "fully_async", NULL};
 static const char *const ALG_GRPO[] = {"grpo", NULL};
 static const char *const EXEC_GRPO[] = {"async", "colocated", "distributed", NULL};
+static const char *const COMPUTES[] = {"f32", "bf16", NULL}; /* the engine's GEMM precision (gemm_bf16.h) */
 
 static const char *const RECIPES[] = {"exact_match_v1",          "contains_v1",       "row_reward_v1",
                                       "trajectory_imitation_v1", "task_verifier_v1",  "gsm8k_v1",
@@ -188,6 +189,7 @@ static const fdef SFT_FIELDS[] = {
     {"lora_rank", T_INT, 0, 1, 0, 512, 0, NULL},
     {"lora_alpha", T_NUM, 0, 0, 1, 4096, 0, NULL},
     {"checkpoint_interval", T_INT, 0, 1, 0, 1e7, 0, NULL},
+    {"compute", T_ENUM, 0, NB, 0, NB, 0, COMPUTES},
     {NULL, 0, 0, 0, 0, 0, 0, NULL},
 };
 
@@ -221,6 +223,7 @@ static const fdef RL_FIELDS[] = {
     {"eval_dataset_ref", T_DSREF, 0, NB, 0, NB, 0, NULL},
     {"eval_interval", T_INT, 0, 1, 0, NB, 0, NULL},
     {"eval_max_rollouts", T_INT, 0, 1, 0, NB, 0, NULL},
+    {"compute", T_ENUM, 0, NB, 0, NB, 0, COMPUTES},
     {NULL, 0, 0, 0, 0, 0, 0, NULL},
 };
 
@@ -239,6 +242,7 @@ static const fdef GRPO_FIELDS[] = {
     {"learning_rate", T_NUM, 0, 0, 1, 1, 0, NULL},
     {"checkpoint_interval", T_INT, 0, 1, 0, NB, 0, NULL},
     {"steps", T_INT, 0, 1, 0, 1e7, 0, NULL},
+    {"compute", T_ENUM, 0, NB, 0, NB, 0, COMPUTES},
     {NULL, 0, 0, 0, 0, 0, 0, NULL},
 };
 
@@ -621,6 +625,7 @@ static void rules_sft(js_result *r, const json_t *vals, json_t *eff) {
     eff_set(eff, vals, "lora_rank", chk(json_integer(16)));
     eff_set(eff, vals, "lora_alpha", chk(json_real(32.0)));
     eff_set(eff, vals, "checkpoint_interval", chk(json_integer(10)));
+    eff_set(eff, vals, "compute", chk(json_string("f32")));
 }
 
 /* Rules R8 and R10 on a recipe name; R9's first half (a task is needed at all). */
@@ -732,6 +737,7 @@ static void rules_rl(js_result *r, const json_t *vals, json_t *eff, int worlds) 
     eff_set(eff, vals, "eval_dataset_ref", NULL);
     eff_set(eff, vals, "eval_interval", has_eval ? chk(json_integer(10)) : NULL);
     eff_set(eff, vals, "eval_max_rollouts", has_eval ? chk(json_integer(batch)) : NULL);
+    eff_set(eff, vals, "compute", chk(json_string("f32")));
 }
 
 static void rules_grpo(js_result *r, const json_t *vals, json_t *eff, int worlds) {
@@ -760,6 +766,7 @@ static void rules_grpo(js_result *r, const json_t *vals, json_t *eff, int worlds
     eff_set(eff, vals, "learning_rate", chk(json_real(1e-5)));
     eff_set(eff, vals, "steps", chk(json_integer(1)));
     eff_set(eff, vals, "checkpoint_interval", chk(json_integer(steps)));
+    eff_set(eff, vals, "compute", chk(json_string("f32")));
     /* engine knobs GRPO uses without exposing them as fields */
     oset(eff, "lora_rank", chk(json_integer(16)));
     oset(eff, "lora_alpha", chk(json_real(32.0)));

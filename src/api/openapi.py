@@ -88,6 +88,8 @@ sft = {
     "lora_rank": int_(1, 512, desc="effective default 16"),
     "lora_alpha": num(excl_min=0, mx=4096, desc="effective default 32; scale = alpha / rank"),
     "checkpoint_interval": int_(1, 10000000, desc="optimizer steps between checkpoints (effective default 10)"),
+    "compute": {"type": "string", "enum": ["f32", "bf16"], "default": "f32",
+                "description": "precision of the base weights' GEMMs: bf16 = bf16 inputs, f32 accumulation (as PyTorch's CPU autocast)"},
 }
 schemas["TinkerSFTJobConfig"] = obj(sft, desc="Tinker SFT config. dataset_ref or a non-empty trajectory_dataset_refs is required.")
 rl = {
@@ -118,6 +120,8 @@ rl = {
     "eval_dataset_ref": nullable(ref("DatasetRef")),
     "eval_interval": int_(1, desc="needs eval_dataset_ref (R6); effective default 10"),
     "eval_max_rollouts": int_(1, desc="needs eval_dataset_ref (R6); effective default batch_size"),
+    "compute": {"type": "string", "enum": ["f32", "bf16"], "default": "f32",
+                "description": "precision of the base weights' GEMMs: bf16 = bf16 inputs, f32 accumulation (as PyTorch's CPU autocast)"},
 }
 schemas["TinkerRLJobConfig"] = obj(rl, ["algorithm"], desc="Tinker RL config, rules R1-R10 of SPEC 4.4.")
 grpo = {
@@ -133,6 +137,8 @@ grpo = {
     "max_turns": int_(1, 1000), "max_episode_steps": int_(1, 100000),
     "learning_rate": num(excl_min=0, mx=1, desc="effective default 1e-5"),
     "checkpoint_interval": int_(1), "steps": int_(1, 10000000, desc="effective default 1"),
+    "compute": {"type": "string", "enum": ["f32", "bf16"], "default": "f32",
+                "description": "precision of the base weights' GEMMs: bf16 = bf16 inputs, f32 accumulation (as PyTorch's CPU autocast)"},
 }
 schemas["RayGRPOJobConfig"] = obj(grpo, ["task_ref", "prompt_dataset_ref"], desc="Ray GRPO config.")
 def wrapper(backend, tt, cfg, desc):

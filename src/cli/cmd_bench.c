@@ -4,7 +4,8 @@
  * GFLOP/s at the thread count in use; copy bandwidth) and report their result as a share of it.
  *
  *   gemm    cblas_sgemm on square 1024 / 2048 matrices and on the training shape (B*T x 1536 x 576): the best
- *           GFLOP/s is the practical peak.
+ *           GFLOP/s is the practical peak; the same shapes through eng_gemm_bf16_nt give the bf16 peak (the
+ *           ceiling of --compute bf16), with the path that ran.
  *   train   random weights of a preset shape, LoRA on all seven projections; warm-up step, then timed steps
  * of forward_backward(cross_entropy) + optim_step. FLOPs per token = 4 N_mm + 6 L H hd T (LoRA with a frozen
  * base: forward 2 N_mm + input gradients 2 N_mm, no weight gradients; causal attention forward 2 H hd T and
@@ -31,6 +32,7 @@
 
 #include "cli/cli.h"
 #include "engine/engine.h"
+#include "engine/gemm_bf16.h"
 #include "engine/gguf_model.h"
 #include "engine/losses.h"
 #include "util/util.h"
@@ -40,8 +42,10 @@ static void usage(FILE *f) {
         "usage: lathe bench gemm|train|sample|rl [--preset smollm2-135m | --model DIR|FILE.gguf] [--batch "
         "B]\n"
         "                                    [--seq T] [--steps N] [--threads N] [--peer llama.cpp] "
-        "[--json]\n\n"
-        "  gemm    measured SGEMM GFLOP/s at the thread count (the practical peak)\n"
+        "[--json]\n"
+        "                                    [--compute f32|bf16]\n\n"
+        "  gemm    measured SGEMM and bf16-GEMM GFLOP/s at the thread count (the practical peaks; the bf16\n"
+        "          path that ran: amx, avx512bf16 or avx2, LATHE_BF16_PATH forces one)\n"
         "  train   tokens/s, ms/step by phase, achieved GFLOP/s and share of the SGEMM peak, peak RSS vs "
         "the\n"
         "          1.3x memory budget, for LoRA r16 on all seven projections of random weights of the "
@@ -50,7 +54,8 @@ static void usage(FILE *f) {
         "  rl      one RL step split into sampling / scoring / training ms: --batch completions (default 8) "
         "of\n"
         "          32 tokens after a 32-token prompt, then an importance_sampling update on them\n"
-        "Defaults: --preset smollm2-135m --batch 4 (rl: 8) --seq 128 --steps 3, threads = OpenMP's default.\n"
+        "Defaults: --preset smollm2-135m --batch 4 (rl: 8) --seq 128 --steps 3, threads = OpenMP's default,\n"
+        "--compute f32 (train: bf16 runs the base weights' GEMMs with bf16 inputs and f32 sums).\n"
         "Presets: smollm2-135m (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536, vocab 49152,\n"
         "tied), tiny (hidden 64, 2 layers, vocab 512; for smoke tests).\n"
         "--model runs on a real model's weights instead (a model dir or a GGUF file, widened to f32 at "
@@ -110,8 +115,34 @@ static double gemm_gflops(int M, int N, int K) {
     return best;
 }
 
+/* The same for eng_gemm_bf16_nt (f32 A rounded to bf16 as it is packed, B stored bf16, f32 sums): the
+ * peak that --compute bf16 is measured against. */
+static double bf16_gemm_gflops(int M, int N, int K) {
+    float *A = aligned_alloc(64, (size_t)M * K * sizeof(float)),
+          *Bf = aligned_alloc(64, (size_t)N * K * sizeof(float)),
+          *C = aligned_alloc(64, (size_t)M * N * sizeof(float));
+    uint16_t *B = aligned_alloc(64, (size_t)N * K * sizeof(uint16_t));
+    if (!A || !Bf || !B || !C) abort();
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        A[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        Bf[i] = (float)(i % 5) * 0.1f;
+    eng_bf16_from_f32(Bf, B, (size_t)N * K);
+    double best = 0, flop = 2.0 * M * N * K;
+    eng_gemm_bf16_nt(M, N, K, A, K, B, K, C, N, 0); /* warm-up */
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = lt_mono_s();
+        eng_gemm_bf16_nt(M, N, K, A, K, B, K, C, N, 0);
+        double g = flop / (lt_mono_s() - t0) / 1e9;
+        if (g > best) best = g;
+    }
+    free(A), free(Bf), free(B), free(C);
+    return best;
+}
+
 typedef struct {
     double peak, sq1024, sq2048, train_shape;
+    double bf16_peak, bf16_sq1024, bf16_sq2048, bf16_train_shape; /* eng_gemm_bf16_nt, path eng_bf16_path() */
 } gemm_result;
 
 static gemm_result gemm_probe(int rows) {
@@ -121,6 +152,11 @@ static gemm_result gemm_probe(int rows) {
     g.train_shape = gemm_gflops(rows, 1536, 576);
     g.peak = g.sq1024 > g.sq2048 ? g.sq1024 : g.sq2048;
     if (g.train_shape > g.peak) g.peak = g.train_shape;
+    g.bf16_sq1024 = bf16_gemm_gflops(1024, 1024, 1024);
+    g.bf16_sq2048 = bf16_gemm_gflops(2048, 2048, 2048);
+    g.bf16_train_shape = bf16_gemm_gflops(rows, 1536, 576);
+    g.bf16_peak = g.bf16_sq1024 > g.bf16_sq2048 ? g.bf16_sq1024 : g.bf16_sq2048;
+    if (g.bf16_train_shape > g.bf16_peak) g.bf16_peak = g.bf16_train_shape;
     return g;
 }
 
@@ -150,6 +186,7 @@ typedef struct {
     const char *model; /* --model PATH (a model dir or .gguf): its real weights instead of the preset's */
     const char *peer;  /* --peer llama.cpp (sample on a .gguf) */
     int batch, seq, steps, threads, json;
+    int compute;     /* --compute f32|bf16 (train): ENG_COMPUTE_F32 or ENG_COMPUTE_BF16 */
     char label[600]; /* "preset NAME" or "model PATH" */
 } bench_opts;
 
@@ -199,9 +236,15 @@ static void print_json(json_t *o) {
 static int bench_gemm(const bench_opts *o) {
     gemm_result g = gemm_probe(o->batch * o->seq);
     if (o->json) {
-        print_json(json_pack("{s:s, s:i, s:f, s:f, s:f, s:f}", "bench", "gemm", "threads", o->threads,
-                             "sgemm_1024_gflops", g.sq1024, "sgemm_2048_gflops", g.sq2048,
-                             "sgemm_train_shape_gflops", g.train_shape, "peak_gflops", g.peak));
+        json_t *j = json_pack("{s:s, s:i, s:f, s:f, s:f, s:f}", "bench", "gemm", "threads", o->threads,
+                              "sgemm_1024_gflops", g.sq1024, "sgemm_2048_gflops", g.sq2048,
+                              "sgemm_train_shape_gflops", g.train_shape, "peak_gflops", g.peak);
+        json_object_set_new(j, "bf16_path", json_string(eng_bf16_path()));
+        json_object_set_new(j, "bf16_1024_gflops", json_real(g.bf16_sq1024));
+        json_object_set_new(j, "bf16_2048_gflops", json_real(g.bf16_sq2048));
+        json_object_set_new(j, "bf16_train_shape_gflops", json_real(g.bf16_train_shape));
+        json_object_set_new(j, "bf16_peak_gflops", json_real(g.bf16_peak));
+        print_json(j);
         return EXIT_OK;
     }
     printf("SGEMM at %d thread(s)\n", o->threads);
@@ -209,6 +252,12 @@ static int bench_gemm(const bench_opts *o) {
     printf("  %-34s %10.1f GFLOP/s\n", "2048 x 2048 x 2048", g.sq2048);
     printf("  %-34s %10.1f GFLOP/s\n", "train shape (B*T x 1536 x 576)", g.train_shape);
     printf("  %-34s %10.1f GFLOP/s\n", "peak (best of the above)", g.peak);
+    printf("bf16 GEMM (bf16 inputs, f32 sums; path %s) at %d thread(s)\n", eng_bf16_path(), o->threads);
+    printf("  %-34s %10.1f GFLOP/s\n", "1024 x 1024 x 1024", g.bf16_sq1024);
+    printf("  %-34s %10.1f GFLOP/s\n", "2048 x 2048 x 2048", g.bf16_sq2048);
+    printf("  %-34s %10.1f GFLOP/s\n", "train shape (B*T x 1536 x 576)", g.bf16_train_shape);
+    printf("  %-34s %10.1f GFLOP/s  (%.2fx SGEMM)\n", "peak (best of the above)", g.bf16_peak,
+           g.bf16_peak / g.peak);
     return EXIT_OK;
 }
 
@@ -220,6 +269,7 @@ static int bench_train(const bench_opts *o) {
         fprintf(stderr, "lathe bench train: %s\n", err.msg);
         return EXIT_FAIL;
     }
+    eng_model_set_compute(m, o->compute);
     eng_engine *e = eng_from_model(m, o->preset);
     int B = o->batch, T = o->seq;
     size_t N = (size_t)B * T;
@@ -279,6 +329,10 @@ static int bench_train(const bench_opts *o) {
         json_object_set_new(j, "achieved_gflops", json_real(gflops));
         json_object_set_new(j, "sgemm_peak_gflops", json_real(g.peak));
         json_object_set_new(j, "share_of_sgemm_peak", json_real(gflops / g.peak));
+        json_object_set_new(j, "compute", json_string(eng_compute_name(o->compute)));
+        json_object_set_new(j, "bf16_path", json_string(eng_bf16_path()));
+        json_object_set_new(j, "bf16_peak_gflops", json_real(g.bf16_peak));
+        json_object_set_new(j, "share_of_bf16_peak", json_real(gflops / g.bf16_peak));
         json_object_set_new(j, "loss", json_real(loss));
         json_object_set_new(j, "peak_rss_bytes", json_real(rss));
         json_object_set_new(j, "budget_bytes", json_real(budget));
@@ -287,8 +341,9 @@ static int bench_train(const bench_opts *o) {
         json_object_set_new(j, "arena_bytes", json_real(arena));
         print_json(j);
     } else {
-        printf("train: %s, batch %d x seq %d, LoRA r16 on q,k,v,o,gate,up,down, %d thread(s), %d steps\n",
-               o->label, B, T, o->threads, o->steps);
+        printf("train: %s, batch %d x seq %d, LoRA r16 on q,k,v,o,gate,up,down, %d thread(s), %d steps, "
+               "compute %s\n",
+               o->label, B, T, o->threads, o->steps, eng_compute_name(o->compute));
         printf("  %-28s %12.1f\n", "tokens/s", tps);
         printf("  %-28s %12.1f\n", "ms/step", step_s * 1e3);
         const char *names[ENG_NPHASES] = {"GEMM (linear + LoRA)", "attention", "norms/rope/act/residual",
@@ -301,6 +356,9 @@ static int bench_train(const bench_opts *o) {
         printf("  %-28s %12.1f GFLOP/s\n", "achieved", gflops);
         printf("  %-28s %12.1f GFLOP/s\n", "measured SGEMM peak", g.peak);
         printf("  %-28s %11.1f %%\n", "share of SGEMM peak", 100.0 * gflops / g.peak);
+        printf("  %-28s %12.1f GFLOP/s  (path %s)\n", "measured bf16 GEMM peak", g.bf16_peak,
+               eng_bf16_path());
+        printf("  %-28s %11.1f %%\n", "share of bf16 GEMM peak", 100.0 * gflops / g.bf16_peak);
         printf("  %-28s %12.1f MiB\n", "peak RSS", rss / 1048576.0);
         printf("  %-28s %12.1f MiB  (1.3 x (base %.1f + adapter/grad/moments %.1f + arena %.1f))\n", "budget",
                budget / 1048576.0, base / 1048576.0, lora / 1048576.0, arena / 1048576.0);
@@ -450,7 +508,7 @@ static int bench_sample(const bench_opts *o) {
         printf("  %-34s %10.1f tokens/s\n", "batch 1", tps[0]);
         printf("  %-34s %10.1f tokens/s\n", "batch 16", tps[1]);
         printf("  %-34s %10.1f GB/s (read + write)\n", "copy bandwidth", bw);
-        printf("  %-34s %10.1f MB\n", "weight bytes per token (f32)", wbytes / 1e6);
+        printf("  %-34s %10.1f MB\n", "weight bytes per token (as stored)", wbytes / 1e6);
         printf("  %-34s %10.1f tokens/s\n", "bandwidth bound at batch 1", bound);
         printf("  %-34s %9.1f %%\n", "batch 1 share of the bound", 100.0 * tps[0] / bound);
         if (o->peer) {
@@ -630,7 +688,12 @@ int cmd_bench(int argc, char **argv) {
             bad = parse_pos(a, v, &o.steps);
         else if (!strcmp(a, "--threads"))
             bad = parse_pos(a, v, &o.threads);
-        else {
+        else if (!strcmp(a, "--compute")) {
+            if ((o.compute = eng_compute_parse(v)) < 0) {
+                fprintf(stderr, "lathe bench: --compute must be f32 or bf16, got '%s'\n", v);
+                bad = -1;
+            }
+        } else {
             fprintf(stderr, "lathe bench: unknown option '%s' (see --help)\n", a);
             return EXIT_USAGE;
         }

@@ -17,6 +17,7 @@
 
 #include "cli/cli.h"
 #include "engine/engine.h"
+#include "engine/gemm_bf16.h"
 #include "engine/tokenizer.h"
 #include "train/render.h"
 #include "util/strbuf.h"
@@ -28,12 +29,13 @@ int cmd_model_sample(int argc, char **argv);
 static void usage_logprobs(FILE *f) {
     fputs(
         "usage: lathe model logprobs DIR [--adapter ADAPTER_DIR] (--text STR | --tokens 1,2,3) [--json]\n"
-        "                              [--threads N]\n\n"
+        "                              [--threads N] [--compute f32|bf16]\n\n"
         "Prints log p(token i | tokens before i) for every token of the sequence (the first has none) and\n"
         "their sum. --text is encoded with DIR's tokenizer as is (no BOS is added); --tokens takes ids, and\n"
         "several sequences separated by ';' are scored as one right-padded batch. With --adapter the PEFT\n"
         "adapter (adapter_config.json + adapter_model.safetensors) is applied.\n"
-        "JSON: {\"tokens\":[...],\"logprobs\":[null,...],\"sum\":X} (a batch: {\"sequences\":[...]}).\n\n"
+        "JSON: {\"tokens\":[...],\"logprobs\":[null,...],\"sum\":X} (a batch: {\"sequences\":[...]}).\n"
+        "--compute bf16 runs the base weights' GEMMs with bf16 inputs and f32 accumulation (default f32).\n\n"
         "Test options (used by tests/py/test_engine_ref.py):\n"
         "  --weights W1,W2,...   cross_entropy weight per token (the first is ignored; default 1)\n"
         "  --grads               also run forward_backward(cross_entropy) and print \"loss\" and \"grads\"\n"
@@ -51,7 +53,7 @@ static void usage_sample(FILE *f) {
     fputs(
         "usage: lathe model sample DIR [--adapter ADAPTER_DIR] --prompt STR [--chat] [--max-tokens N]\n"
         "                            [--temperature T] [--top-p P] [--top-k K] [--seed S] [--num-samples N]\n"
-        "                            [--stop STR]... [--json] [--threads N]\n\n"
+        "                            [--stop STR]... [--json] [--threads N] [--compute f32|bf16]\n\n"
         "Generates completions of the prompt with the KV-cached sampler (all samples decoded together).\n"
         "Without --chat the prompt is encoded as is and generation stops at the tokenizer's end-of-text "
         "token;\n"
@@ -59,7 +61,8 @@ static void usage_sample(FILE *f) {
         "role_colon) followed by the assistant header, and generation stops at that format's end-of-turn.\n"
         "Defaults: --max-tokens 64 --temperature 1 (0 = greedy) --top-p 1 --top-k 0 (off) --seed 0\n"
         "--num-samples 1. JSON: {\"prompt_tokens\":N,\"samples\":[{\"text\",\"tokens\",\"logprobs\",\n"
-        "\"stop_reason\":\"stop\"|\"length\"}]}.\n",
+        "\"stop_reason\":\"stop\"|\"length\"}]}. --compute bf16: the base weights' GEMMs in bf16 (f32 "
+        "sums).\n",
         f);
 }
 
@@ -149,20 +152,28 @@ static json_t *json_num(double x) {
 /* Options shared by both verbs. */
 typedef struct {
     const char *dir, *adapter;
-    int json, threads;
+    int json, threads, compute; /* compute: ENG_COMPUTE_F32 or ENG_COMPUTE_BF16 */
 } common_opts;
 
-/* Handles DIR, --adapter, --json, --threads. Returns 1 if consumed (i advanced), 0 if not, -1 on error. */
+/* Handles DIR, --adapter, --json, --threads, --compute. Returns 1 if consumed (i advanced), 0 if not, -1 on
+ * error. */
 static int common_arg(const char *verb, common_opts *c, int argc, char **argv, int *i) {
     const char *a = argv[*i];
     if (!strcmp(a, "--json")) return c->json = 1, 1;
-    if (!strcmp(a, "--adapter") || !strcmp(a, "--threads")) {
+    if (!strcmp(a, "--adapter") || !strcmp(a, "--threads") || !strcmp(a, "--compute")) {
         if (*i + 1 >= argc) {
             fprintf(stderr, "lathe model %s: %s needs a value\n", verb, a);
             return -1;
         }
         const char *v = argv[++*i];
         if (!strcmp(a, "--adapter")) return c->adapter = v, 1;
+        if (!strcmp(a, "--compute")) {
+            if ((c->compute = eng_compute_parse(v)) < 0) {
+                fprintf(stderr, "lathe model %s: --compute must be f32 or bf16, got '%s'\n", verb, v);
+                return -1;
+            }
+            return 1;
+        }
         long t;
         if (parse_long(verb, a, v, 1, 1024, &t)) return -1;
         c->threads = (int)t;
@@ -188,6 +199,7 @@ static eng_engine *open_engine(const char *verb, const common_opts *c, const eng
         return NULL;
     }
     if (e->m->load_note[0]) fprintf(stderr, "lathe model %s: %s\n", verb, e->m->load_note);
+    eng_model_set_compute(e->m, c->compute);
     if (c->adapter && eng_peft_import(e->m, c->adapter, &err)) {
         fprintf(stderr, "lathe model %s: %s\n", verb, err.msg);
         eng_close(e);

@@ -17,6 +17,7 @@
 
 #include "cli/cli.h"
 #include "engine/engine.h"
+#include "engine/gemm_bf16.h"
 #include "engine/tokenizer.h"
 #include "train/render.h"
 #include "train/rows.h"
@@ -30,7 +31,7 @@ static void usage(FILE *f) {
         "usage: lathe train sft --model DIR|FILE.gguf --data FILE --out DIR [--eval FILE] [--steps N]\n"
         "                       [--epochs N] [--batch-size N] [--grad-accum N] [--lr X] [--lora-rank R]\n"
         "                       [--lora-alpha A] [--max-seq-len N] [--checkpoint-interval N] [--seed N]\n"
-        "                       [--threads N]\n\n"
+        "                       [--threads N] [--compute f32|bf16]\n\n"
         "Fine-tunes a LoRA adapter on DIR (a Hugging Face model dir, or a .gguf file) with the rows of FILE\n"
         "(.jsonl, .json or "
         ".csv; chat, tool-calling, prompt/answer or trajectory rows), locally. Loss: cross-entropy on "
@@ -38,7 +39,9 @@ static void usage(FILE *f) {
         "tokens, each example's weights normalised to sum to 1. Defaults: --batch-size 16 --grad-accum 1\n"
         "--lr 1e-4 (linear decay to 0) --lora-rank 16 --lora-alpha 32 --max-seq-len 2048 (capped by the "
         "model)\n"
-        "--checkpoint-interval 10 --seed 0; one epoch when neither --steps nor --epochs is given.\n"
+        "--checkpoint-interval 10 --seed 0 --compute f32 (bf16: the base weights' GEMMs take bf16 inputs, "
+        "f32\n"
+        "sums); one epoch when neither --steps nor --epochs is given.\n"
         "Writes OUT/checkpoints/checkpoint-<n>-step<s>/{state.safetensors,adapter/} and OUT/adapter/ (PEFT:\n"
         "adapter_config.json + adapter_model.safetensors, loadable by HF peft and vLLM).\n",
         f);
@@ -149,7 +152,7 @@ static int on_checkpoint(void *ud, const char *name, long step, const char *dir,
 }
 
 typedef struct {
-    const char *model, *data, *eval, *out;
+    const char *model, *data, *eval, *out, *compute;
     long steps, epochs, bs, ga, rank, max_len, interval, seed, threads;
     double lr, alpha;
 } opts;
@@ -233,7 +236,13 @@ static int parse_args(int argc, char **argv, opts *o) {
             bad = parse_l(key, v, 0, 0x7fffffffL, &o->seed);
         else if (!strcmp(key, "--threads"))
             bad = parse_l(key, v, 1, 1024, &o->threads);
-        else {
+        else if (!strcmp(key, "--compute")) {
+            o->compute = v;
+            if (eng_compute_parse(v) < 0) {
+                fprintf(stderr, "lathe train sft: --compute must be f32 or bf16, got '%s'\n", v);
+                bad = -1;
+            }
+        } else {
             fprintf(stderr, "lathe train sft: unknown option '%s' (see --help)\n", key);
             return -1;
         }
@@ -248,7 +257,14 @@ static int parse_args(int argc, char **argv, opts *o) {
 }
 
 int cmd_train_local(int argc, char **argv) {
-    opts o = {.bs = 16, .ga = 1, .rank = 16, .max_len = 2048, .interval = 10, .lr = 1e-4, .alpha = 32};
+    opts o = {.compute = "f32",
+              .bs = 16,
+              .ga = 1,
+              .rank = 16,
+              .max_len = 2048,
+              .interval = 10,
+              .lr = 1e-4,
+              .alpha = 32};
     int pr = parse_args(argc, argv, &o);
     if (pr) return pr > 0 ? EXIT_OK : EXIT_USAGE;
     eng_set_threads((int)o.threads);
@@ -269,6 +285,7 @@ int cmd_train_local(int argc, char **argv) {
     job = json_pack("{s:s, s:s}", "backend", "tinker", "trainer_type", "sft");
     if (!eff || !job) abort();
     json_object_set_new(eff, "steps", o.steps ? json_integer(o.steps) : json_null());
+    json_object_set_new(eff, "compute", json_string(o.compute));
     json_object_set_new(eff, "epochs", o.epochs ? json_integer(o.epochs) : json_null());
     work = lt_path_join(o.out, ".work");
     lt_rm_rf(work);

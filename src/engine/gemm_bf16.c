@@ -29,6 +29,8 @@
  * and uses the same pool). */
 #include "engine/gemm_bf16.h"
 
+#include "engine/wmat.h"
+
 #include <cblas.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -50,6 +52,17 @@ static const char *const PATH_NAME[P_COUNT] = {"generic", "avx2", "avx512bf16", 
 static int g_best = P_GENERIC;
 static int g_path = -1; /* forced path; -1: best */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+int eng_compute_parse(const char *name) {
+    if (!name) return -1;
+    if (!strcmp(name, "f32")) return ENG_COMPUTE_F32;
+    if (!strcmp(name, "bf16")) return ENG_COMPUTE_BF16;
+    return -1;
+}
+
+const char *eng_compute_name(int compute) {
+    return compute == ENG_COMPUTE_BF16 ? "bf16" : "f32";
+}
 
 /* ---- scalar helpers ---- */
 
@@ -341,31 +354,113 @@ T_AVX512 static void write_tile_avx512(const gb_job *j, int i0, int n0, const fl
     }
 }
 
-/* 32 x 32 block: A rows (stride Rp), two panels; rows: how many rows of the block are real. */
-T_AVX512 static void tile_avx512(const uint16_t *a, int Rp, const uint16_t *p0, const uint16_t *p1, float *cb,
-                                 int rows) {
-    for (int g = 0; g < 32 && g < rows; g += 8) {
-        __m512 c[8][2];
-        for (int i = 0; i < 8; i++)
-            c[i][0] = c[i][1] = _mm512_setzero_ps();
-        const uint16_t *ag = a + (size_t)g * Rp;
-        for (int q = 0; q < Rp / 2; q++) {
-            const __m512bh b0 = (__m512bh)_mm512_loadu_si512(p0 + (size_t)q * 32);
-            const __m512bh b1 = (__m512bh)_mm512_loadu_si512(p1 + (size_t)q * 32);
-            for (int i = 0; i < 8; i++) {
-                int32_t pair;
-                memcpy(&pair, ag + (size_t)i * Rp + 2 * q, 4);
-                const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
-                c[i][0] = _mm512_dpbf16_ps(c[i][0], av, b0);
-                c[i][1] = _mm512_dpbf16_ps(c[i][1], av, b1);
-            }
-        }
-        for (int i = 0; i < 8; i++) {
-            _mm512_storeu_ps(cb + (g + i) * 32, c[i][0]);
-            _mm512_storeu_ps(cb + (g + i) * 32 + 16, c[i][1]);
+/* MR rows x 32 columns of vdpbf16ps, accumulators in registers (written out so GCC keeps them there). */
+#define GB_ROW(i)                                                                                            \
+    do {                                                                                                     \
+        int32_t pr;                                                                                          \
+        memcpy(&pr, a + (size_t)(i)*Rp + 2 * q, 4);                                                          \
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(pr);                                                 \
+        c##i##0 = _mm512_dpbf16_ps(c##i##0, av, b0);                                                         \
+        c##i##1 = _mm512_dpbf16_ps(c##i##1, av, b1);                                                         \
+    } while (0)
+#define GB_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps()
+#define GB_STORE(i)                                                                                          \
+    do {                                                                                                     \
+        _mm512_storeu_ps(cb + (i)*32, c##i##0);                                                              \
+        _mm512_storeu_ps(cb + (i)*32 + 16, c##i##1);                                                         \
+    } while (0)
+
+T_AVX512 static void mk_avx512_12(const uint16_t *a, int Rp, const uint16_t *p0, const uint16_t *p1,
+                                  float *cb) {
+    GB_DECL(0);
+    GB_DECL(1);
+    GB_DECL(2);
+    GB_DECL(3);
+    GB_DECL(4);
+    GB_DECL(5);
+    GB_DECL(6);
+    GB_DECL(7);
+    GB_DECL(8);
+    GB_DECL(9);
+    GB_DECL(a);
+    GB_DECL(b);
+    for (int q = 0; q < Rp / 2; q++) {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(p0 + (size_t)q * 32);
+        const __m512bh b1 = (__m512bh)_mm512_load_si512(p1 + (size_t)q * 32);
+        GB_ROW(0);
+        GB_ROW(1);
+        GB_ROW(2);
+        GB_ROW(3);
+        GB_ROW(4);
+        GB_ROW(5);
+        GB_ROW(6);
+        GB_ROW(7);
+        GB_ROW(8);
+        GB_ROW(9);
+        {
+            int32_t pr;
+            memcpy(&pr, a + (size_t)10 * Rp + 2 * q, 4);
+            const __m512bh av = (__m512bh)_mm512_set1_epi32(pr);
+            ca0 = _mm512_dpbf16_ps(ca0, av, b0);
+            ca1 = _mm512_dpbf16_ps(ca1, av, b1);
+            memcpy(&pr, a + (size_t)11 * Rp + 2 * q, 4);
+            const __m512bh bv = (__m512bh)_mm512_set1_epi32(pr);
+            cb0 = _mm512_dpbf16_ps(cb0, bv, b0);
+            cb1 = _mm512_dpbf16_ps(cb1, bv, b1);
         }
     }
+    GB_STORE(0);
+    GB_STORE(1);
+    GB_STORE(2);
+    GB_STORE(3);
+    GB_STORE(4);
+    GB_STORE(5);
+    GB_STORE(6);
+    GB_STORE(7);
+    GB_STORE(8);
+    GB_STORE(9);
+    _mm512_storeu_ps(cb + 10 * 32, ca0);
+    _mm512_storeu_ps(cb + 10 * 32 + 16, ca1);
+    _mm512_storeu_ps(cb + 11 * 32, cb0);
+    _mm512_storeu_ps(cb + 11 * 32 + 16, cb1);
 }
+
+T_AVX512 static void mk_avx512_4(const uint16_t *a, int Rp, const uint16_t *p0, const uint16_t *p1,
+                                 float *cb) {
+    GB_DECL(0);
+    GB_DECL(1);
+    GB_DECL(2);
+    GB_DECL(3);
+    for (int q = 0; q < Rp / 2; q++) {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(p0 + (size_t)q * 32);
+        const __m512bh b1 = (__m512bh)_mm512_load_si512(p1 + (size_t)q * 32);
+        GB_ROW(0);
+        GB_ROW(1);
+        GB_ROW(2);
+        GB_ROW(3);
+    }
+    GB_STORE(0);
+    GB_STORE(1);
+    GB_STORE(2);
+    GB_STORE(3);
+}
+
+/* 32 x 32 block: A rows (stride Rp), two panels; rows: how many rows of the block are real (the rest of the
+ * packed rows are zeros and are skipped in steps of 4). Rows 0-11, 12-23 with 12-row kernels, 24-31 with two
+ * 4-row ones. */
+T_AVX512 static void tile_avx512(const uint16_t *a, int Rp, const uint16_t *p0, const uint16_t *p1, float *cb,
+                                 int rows) {
+    int g = 0;
+    for (; g + 12 <= 24 && g < rows; g += 12)
+        mk_avx512_12(a + (size_t)g * Rp, Rp, p0, p1, cb + g * 32);
+    for (; g < 32 && g < rows; g += 4)
+        mk_avx512_4(a + (size_t)g * Rp, Rp, p0, p1, cb + g * 32);
+    for (; g < 32; g++)
+        memset(cb + g * 32, 0, 32 * sizeof(float));
+}
+#undef GB_ROW
+#undef GB_DECL
+#undef GB_STORE
 
 typedef struct {
     uint8_t palette, start_row, reserved[14];

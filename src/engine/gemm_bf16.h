@@ -35,6 +35,12 @@ const char *eng_bf16_path(void);
 /* dst[i] = bf16(src[i]), round to nearest even (NaN stays NaN). */
 void eng_bf16_from_f32(const float *src, uint16_t *dst, size_t n);
 
+/* The compute knob (--compute, the job field "compute"): "f32" -> ENG_COMPUTE_F32, "bf16" -> ENG_COMPUTE_BF16
+ * (engine/wmat.h), anything else (or NULL) -> -1. eng_compute_name is the inverse ("f32" for unknown values).
+ */
+int eng_compute_parse(const char *name);
+const char *eng_compute_name(int compute);
+
 /* Tests: force a path by name ("amx", "avx512bf16", "avx2"); returns the path now in use (the best available
  * one when the named path is missing on this CPU or NULL). */
 const char *eng_bf16_set_path(const char *name);

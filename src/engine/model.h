@@ -175,6 +175,11 @@ int eng_model_each_weight(eng_model *m, eng_weight_fn fn, void *ctx);
 int eng_model_each_weight_unset(eng_model *m, eng_weight_fn fn, void *ctx);
 /* 1 when every matrix is stored f32 (each_weight then passes the resident weights themselves). */
 int eng_model_all_f32(const eng_model *m);
+/* How the stored matrices' GEMMs run: ENG_COMPUTE_F32 (default) or ENG_COMPUTE_BF16 (engine/wmat.h; bf16
+ * inputs, f32 accumulation, engine/gemm_bf16.h). Parse user input with eng_compute_parse. */
+static inline void eng_model_set_compute(eng_model *m, int compute) {
+    m->compute = compute;
+}
 /* What is resident, e.g. "Q4_1 91.3 MB + Q8_0 30.1 MB (as stored) + F32 0.1 MB", into buf. */
 void eng_model_resident(const eng_model *m, char *buf, size_t cap);
 

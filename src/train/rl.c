@@ -622,6 +622,7 @@ static int resume(rl_run *r, long *start, lt_err *err) {
 static eng_engine *new_sampler(rl_run *r, lt_err *err) {
     eng_engine *s = eng_share(r->in->base, &r->learner->m->lora, err);
     if (!s) return NULL;
+    eng_model_set_compute(s->m, r->learner->m->compute);
     if (s->m->n_lora != r->learner->m->n_lora) {
         eng_close(s);
         lt_err_set(err, 500, "sampler adapter size mismatch");

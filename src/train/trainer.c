@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/gemm_bf16.h"
+#include "engine/wmat.h"
 #include "util/util.h"
 
 int tr_write_checkpoint(eng_engine *e, const char *dir, const char *model_id, const char *extra_json,
@@ -72,7 +74,8 @@ int tr_log(const tr_hooks *h, const char *level, lt_err *err, const char *fmt, .
     return rc;
 }
 
-eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, double alpha, lt_err *err) {
+static eng_engine *open_engine_lora(const tr_inputs *in, const tr_hooks *h, int rank, double alpha,
+                                    lt_err *err) {
     if (in->resume_dir) return eng_share(in->base, NULL, err); /* the state file brings the adapter */
     if (!in->init_adapter) {
         eng_lora_config lc = {.rank = rank, .alpha = (float)alpha, .targets = ENG_LORA_ALL, .seed = in->seed};
@@ -99,6 +102,26 @@ eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, dou
         eng_close(e);
         return NULL;
     }
+    return e;
+}
+
+int tr_knob_compute(const json_t *eff, int *out, lt_err *err) {
+    const json_t *v = json_object_get(eff, "compute");
+    if (!v || json_is_null(v)) {
+        *out = ENG_COMPUTE_F32;
+        return 0;
+    }
+    if ((*out = eng_compute_parse(json_string_value(v))) < 0)
+        return lt_err_set(err, 422, "effective_config.compute must be \"f32\" or \"bf16\"");
+    return 0;
+}
+
+/* The engine with the job's adapter, running its GEMMs at the job's "compute" precision. */
+eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, double alpha, lt_err *err) {
+    int compute;
+    if (tr_knob_compute(in->eff, &compute, err)) return NULL;
+    eng_engine *e = open_engine_lora(in, h, rank, alpha, err);
+    if (e) eng_model_set_compute(e->m, compute);
     return e;
 }
 

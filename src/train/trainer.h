@@ -89,8 +89,10 @@ int tr_write_checkpoint(eng_engine *e, const char *dir, const char *model_id, co
                         lt_err *err);
 /* The training engine on in->base: for a resume (the state file then brings the adapter), from
  * in->init_adapter (its own rank and alpha; a log line says so), or a fresh LoRA adapter of rank/alpha seeded
- * by in->seed. NULL with err. */
+ * by in->seed; its GEMMs run at effective_config.compute (tr_knob_compute). NULL with err. */
 eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, double alpha, lt_err *err);
+/* effective_config.compute: "f32" (also when absent or null) or "bf16" -> ENG_COMPUTE_*; 422 otherwise. */
+int tr_knob_compute(const json_t *eff, int *out, lt_err *err);
 /* A knob of the effective config: dflt when absent or null, else it must be an integer in lo..hi (a whole
  * real is accepted) / a number in [lo, hi] or, with lo_open, (lo, hi]. 0, or -1 with err 422 naming it. */
 int tr_knob_l(const json_t *eff, const char *key, long dflt, long lo, long hi, long *out, lt_err *err);

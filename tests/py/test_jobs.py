@@ -252,6 +252,7 @@ def test_sft_defaults(srv):
         "lora_rank": 16,
         "lora_alpha": 32.0,
         "checkpoint_interval": 10,
+        "compute": "f32",
     }
     assert job["tags"] == [] and job["name"] is None
 

@@ -437,6 +437,24 @@ static void test_sft_defaults(void **state) {
     assert_int_equal(json_integer_value(eff("max_sequence_length")), 2048);
 }
 
+/* compute: "f32" by default in every trainer's effective config, "bf16" kept, anything else a 422 naming it.
+ */
+static void test_compute(void **state) {
+    assert_int_equal(run(sft("")), 0);
+    assert_string_equal(json_string_value(eff("compute")), "f32");
+    assert_int_equal(run(sft("\"compute\":\"bf16\"")), 0);
+    assert_string_equal(json_string_value(eff("compute")), "bf16");
+    assert_int_equal(run(rl(PROMPTS)), 0);
+    assert_string_equal(json_string_value(eff("compute")), "f32");
+    assert_int_equal(run(grpo("\"compute\":\"bf16\"")), 0);
+    assert_string_equal(json_string_value(eff("compute")), "bf16");
+    assert_int_equal(run(sft("\"compute\":\"fp16\"")), 422);
+    expect_only("[\"body\",\"config\",\"compute\"]", "enum");
+    assert_non_null(strstr(msg0(), "f32, bf16"));
+    assert_int_equal(run(rl(PROMPTS ",\"compute\":16")), 422);
+    expect_only("[\"body\",\"config\",\"compute\"]", "type_error");
+}
+
 /* ---- Tinker RL: R1-R10 ---- */
 
 static void test_r1_r2(void **state) {
@@ -857,6 +875,7 @@ int main(void) {
         cmocka_unit_test(test_wrapper_strings_and_tags),
         cmocka_unit_test(test_sft_needs_data),
         cmocka_unit_test(test_sft_defaults),
+        cmocka_unit_test(test_compute),
         cmocka_unit_test(test_r1_r2),
         cmocka_unit_test(test_r3),
         cmocka_unit_test(test_r4_r5),
