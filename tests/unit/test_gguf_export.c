@@ -186,7 +186,16 @@ static void test_dtypes(void **state) {
     /* missing source, adapter dir that is not one */
     char *nope = lt_path_join(root, "nope");
     assert_int_equal(eng_convert_to_gguf(nope, NULL, f32p, GGUF_F16, &err), -1);
-    assert_int_equal(eng_convert_gguf_to_hf(q8p, nope, ST_F32, &err), 0); /* a fresh dir is created */
+    assert_int_equal(eng_convert_gguf_to_hf(q8p, nope, ST_F16, &err), 0); /* a fresh dir is created */
+    st_reader *h = st_open(nope, &err);
+    assert_non_null(h);
+    const st_tensor *ht = st_find(h, "model.layers.0.mlp.down_proj.weight");
+    assert_non_null(ht);
+    assert_int_equal(ht->dtype, ST_F16);
+    eng_config hc;
+    assert_int_equal(eng_config_load(nope, &hc, &err), 0);
+    assert_string_equal(hc.torch_dtype, "float16");
+    st_close(h);
     char *nope2 = lt_path_join(root, "nope2.gguf");
     assert_int_equal(eng_convert_gguf_to_hf(nope2, root, ST_F32, &err), -1);
     assert_int_equal(err.code, 404);
