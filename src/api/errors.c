@@ -37,6 +37,7 @@ void api_resp_clear(api_resp *r, int keep_headers) {
     r->fd = -1;
     r->fd_size = 0;
     r->stream_fn = NULL;
+    r->stream_tick = NULL;
     r->stream_arg = NULL;
     r->stream_free = NULL;
     r->kind = RESP_NONE;

@@ -49,8 +49,8 @@ typedef struct api_config {
     int lease_s;                    /* LATHE_LEASE_S, default 60 */
     const char *worlds_url;         /* LATHE_WORLDS_URL, NULL/"" = no environment backend */
     int threads;                    /* HTTP pool threads, default 8 */
-    int max_streams;                /* LATHE_MAX_STREAMS: open event streams in all, 0 = default 64 */
-    int max_streams_per_key;        /* LATHE_MAX_STREAMS_PER_KEY: per API key, 0 = default 8 */
+    int max_streams;                /* LATHE_MAX_STREAMS: open event streams in all, 0 = default 256 */
+    int max_streams_per_key;        /* LATHE_MAX_STREAMS_PER_KEY: per API key, 0 = default 32 */
     int no_keep_alive;              /* LATHE_KEEP_ALIVE=0: every response closes its connection, so that
                                        every request passes the connection gate; default 0 (keep alive) */
     /* Optional: registers more routes after the built-in groups (embedders, tests). NULL = none. */
@@ -59,8 +59,8 @@ typedef struct api_config {
 
 #define API_DEFAULT_MAX_BODY ((size_t)1 << 20) /* 1 MiB */
 #define API_UPLOAD_MAX_BODY ((size_t)2 << 30)  /* 2 GiB: artifact archives */
-#define API_DEFAULT_MAX_STREAMS 64
-#define API_DEFAULT_MAX_STREAMS_PER_KEY 8
+#define API_DEFAULT_MAX_STREAMS 256
+#define API_DEFAULT_MAX_STREAMS_PER_KEY 32
 
 /* One per server, shared by every handler and background thread. Handlers read the fields; nothing here is
  * written after the server starts except through the functions below. */
@@ -222,11 +222,23 @@ typedef struct api_stream api_stream;
 typedef void (*api_stream_fn)(api_stream *s, void *arg);
 
 /* Makes resp a streaming response with status and content type (SSE: "text/event-stream"; the server adds
- * Cache-Control: no-cache). 0, or -1 with a 500 in resp. Each open stream holds a producer thread, so the
- * server caps them (max_streams in all, max_streams_per_key per API key): past a cap the request gets a 429
- * rate_limited naming the limit and its flag instead (the producer never runs; arg is freed). */
+ * Cache-Control: no-cache) whose producer fn runs on a thread of its own. 0, or -1 with a 500 in resp. The
+ * server caps open streams of both kinds (this and api_stream_start_polled: max_streams in all,
+ * max_streams_per_key per API key): past a cap the request gets a 429 rate_limited naming the limit and its
+ * flag instead (the producer never runs; arg is freed). */
 int api_stream_start(api_resp *resp, int status, const char *content_type, api_stream_fn fn, void *arg,
                      void (*free_arg)(void *));
+/* A polled stream costs no thread of its own: the server's one stream poller thread calls tick(s, arg)
+ * about every period_ms (the first time right after the response starts) and serves every polled stream in
+ * turn, so tick must return quickly (a store query is fine; never wait). It writes with api_stream_write /
+ * api_stream_event (which never block for a polled stream: the poller skips a stream whose client has more
+ * than 1 MiB unread) and returns API_TICK_AGAIN (call again after period_ms), API_TICK_SOON (more to send:
+ * call again at the next poll) or API_TICK_DONE (the response ends). A stream whose client has gone is not
+ * ticked again. arg is freed with free_arg after the last tick. Caps and 429 as for api_stream_start. */
+enum { API_TICK_AGAIN = 0, API_TICK_DONE = 1, API_TICK_SOON = 2 };
+typedef int (*api_stream_tick_fn)(api_stream *s, void *arg);
+int api_stream_start_polled(api_resp *resp, int status, const char *content_type, api_stream_tick_fn tick,
+                            int period_ms, void *arg, void (*free_arg)(void *));
 /* Queues bytes for the client (copied). Blocks only while more than 1 MiB is queued. 0, or -1 when the
  * client has gone or the server is stopping. */
 int api_stream_write(api_stream *s, const void *data, size_t n);

@@ -21,7 +21,9 @@ struct api_resp {
     size_t body_len;
     int fd; /* RESP_FILE: open descriptor, owned */
     uint64_t fd_size;
-    api_stream_fn stream_fn; /* RESP_STREAM */
+    api_stream_fn stream_fn;        /* RESP_STREAM: a producer thread runs it, or */
+    api_stream_tick_fn stream_tick; /* the shared poller calls this every stream_period_ms */
+    int stream_period_ms;
     void *stream_arg;
     void (*stream_free)(void *);
     int nheaders;

@@ -10,9 +10,10 @@
  * Scopes: reads need `training:read` (or `worker`, which the training runner's per-job key carries), writes
  * `training:write`, progress events `worker`. Readers may only GET.
  *
- * The event stream (E11) is a producer thread per client that polls the job's watermark (updated_at and the
- * last log seq) every 250 ms: one indexed SELECT, cheap next to a training step, and it keeps the stream
- * independent of which process (API server, in-process worker, remote worker) changed the job. */
+ * The event stream (E11) is a polled stream (http.h: no thread of its own; the server's stream poller ticks
+ * it) that looks at the job's watermark (updated_at and the last log seq) every 250 ms: one indexed SELECT,
+ * cheap next to a training step, and it keeps the stream independent of which process (API server,
+ * in-process worker, remote worker) changed the job. */
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -629,7 +630,21 @@ typedef struct sse_arg {
     char ws_id[LT_UUID_LEN];
     int heartbeat_s;
     int64_t after; /* replay logs after this seq; -1 = only new ones */
+    /* the stream's state between ticks */
+    int phase;         /* SSE_START, SSE_REPLAY, SSE_FOLLOW, SSE_DRAIN */
+    int64_t updated;   /* the job's updated_at as last seen */
+    int64_t log_after; /* the last log seq sent */
+    double last_beat;
+    json_t *final; /* the terminal job, sent as `end` once the logs are out */
 } sse_arg;
+
+enum { SSE_START, SSE_REPLAY, SSE_FOLLOW, SSE_DRAIN };
+
+static void sse_arg_free(void *p) {
+    sse_arg *a = p;
+    json_decref(a->final);
+    free(a);
+}
 
 /* The compact `progress` event: status, progress and the latest value of each metric. */
 static json_t *progress_event(const json_t *job) {
@@ -652,85 +667,97 @@ static json_t *progress_event(const json_t *job) {
     return out;
 }
 
-/* Sends the log entries after *after; advances it. -1 when the client has gone. */
-static int send_logs(api_stream *s, db *d, const char *id, int64_t *after) {
-    for (;;) {
-        json_t *items = NULL;
-        int64_t next = 0;
-        lt_err err;
-        if (jobs_logs(d, id, *after, 500, JOBS_LOG_DEBUG, &items, &next, &err) != 0) return 0;
-        size_t i;
-        json_t *e;
-        int rc = 0;
-        json_array_foreach(items, i, e) {
-            *after = json_integer_value(json_object_get(e, "seq"));
-            if (rc == 0) rc = api_stream_event(s, "log", json_incref(e));
-        }
-        json_decref(items);
-        if (rc != 0) return -1;
-        if (!next) return 0;
+/* Sends one page of log entries after *after; advances it. 1 when more are waiting, 0 when all are out,
+ * -1 when the client has gone. */
+static int send_logs_page(api_stream *s, db *d, const char *id, int64_t *after) {
+    json_t *items = NULL;
+    int64_t next = 0;
+    lt_err err;
+    if (jobs_logs(d, id, *after, 500, JOBS_LOG_DEBUG, &items, &next, &err) != 0) return 0;
+    size_t i;
+    json_t *e;
+    int rc = 0;
+    json_array_foreach(items, i, e) {
+        *after = json_integer_value(json_object_get(e, "seq"));
+        if (rc == 0) rc = api_stream_event(s, "log", json_incref(e));
     }
+    json_decref(items);
+    return rc != 0 ? -1 : next ? 1 : 0;
 }
 
-static void sse_run(api_stream *s, void *arg) {
+static int sse_end_deleted(api_stream *s, const sse_arg *a) {
+    api_stream_event(s, "end", json_pack("{s:s,s:b}", "id", a->id, "deleted", 1));
+    return API_TICK_DONE;
+}
+
+/* The events stream as a polled stream (no thread of its own): a snapshot, the logs after `after`, then
+ * every SSE_POLL_MS a look at the job's watermark (updated_at and the last log seq), sending new logs and a
+ * `progress` event when the job changed, a heartbeat when quiet, and `end` once the job is terminal. */
+static int sse_tick(api_stream *s, void *arg) {
     sse_arg *a = arg;
     db *d = api_stream_ctx(s)->db;
     lt_err err;
     json_t *job = NULL;
-    int64_t updated = 0, last_seq = 0;
-    if (jobs_get(d, a->ws_id, a->id, &job, &err) != 0 ||
-        jobs_watermark(d, a->id, &updated, &last_seq, &err) != 0) {
-        json_decref(job);
-        api_stream_event(s, "end", json_pack("{s:s,s:b}", "id", a->id, "deleted", 1));
-        return;
-    }
-    int terminal = jobs_status_terminal(json_string_value(json_object_get(job, "status")));
-    if (api_stream_event(s, "snapshot", terminal ? json_incref(job) : job) != 0) {
-        if (terminal) json_decref(job);
-        return;
-    }
-    int64_t log_after = a->after >= 0 ? a->after : last_seq;
-    if (send_logs(s, d, a->id, &log_after) != 0) {
-        if (terminal) json_decref(job);
-        return;
-    }
-    if (terminal) {
-        api_stream_event(s, "end", job);
-        return;
-    }
-    double last_beat = lt_mono_s();
-    while (api_stream_wait(s, SSE_POLL_MS) == 0) {
-        int64_t up, seq;
-        if (jobs_watermark(d, a->id, &up, &seq, &err) != 0) {
-            if (err.code == 404)
-                api_stream_event(s, "end", json_pack("{s:s,s:b}", "id", a->id, "deleted", 1));
-            if (err.code == 404) return;
-            continue; /* store busy: try again at the next tick */
-        }
-        if (seq > log_after && send_logs(s, d, a->id, &log_after) != 0) return;
-        if (up != updated) {
-            updated = up;
-            job = NULL;
-            if (jobs_get(d, a->ws_id, a->id, &job, &err) != 0) continue;
-            terminal = jobs_status_terminal(json_string_value(json_object_get(job, "status")));
-            if (api_stream_event(s, "progress", progress_event(job)) != 0) {
-                json_decref(job);
-                return;
-            }
-            if (terminal) {
-                send_logs(s, d, a->id, &log_after);
-                api_stream_event(s, "end", job);
-                return;
-            }
+    int64_t up, seq;
+    switch (a->phase) {
+    case SSE_START:
+        if (jobs_get(d, a->ws_id, a->id, &job, &err) != 0 || jobs_watermark(d, a->id, &up, &seq, &err) != 0) {
             json_decref(job);
+            return sse_end_deleted(s, a);
         }
-        if (lt_mono_s() - last_beat >= a->heartbeat_s) {
-            char now[LT_TIME_LEN];
-            lt_time_fmt(lt_now_ms(), now);
-            if (api_stream_event(s, "heartbeat", json_pack("{s:s}", "time", now)) != 0) return;
-            last_beat = lt_mono_s();
+        a->updated = up;
+        if (jobs_status_terminal(json_string_value(json_object_get(job, "status"))))
+            a->final = json_incref(job);
+        if (api_stream_event(s, "snapshot", job) != 0) return API_TICK_DONE;
+        a->log_after = a->after >= 0 ? a->after : seq;
+        a->phase = SSE_REPLAY;
+        return API_TICK_SOON;
+    case SSE_REPLAY:
+    case SSE_DRAIN: {
+        int r = send_logs_page(s, d, a->id, &a->log_after);
+        if (r < 0) return API_TICK_DONE;
+        if (r > 0) return API_TICK_SOON;
+        if (a->final) {
+            api_stream_event(s, "end", a->final);
+            a->final = NULL;
+            return API_TICK_DONE;
         }
+        a->phase = SSE_FOLLOW;
+        a->last_beat = lt_mono_s();
+        return API_TICK_AGAIN;
     }
+    default:
+        break;
+    }
+    if (jobs_watermark(d, a->id, &up, &seq, &err) != 0)
+        return err.code == 404 ? sse_end_deleted(s, a) : API_TICK_AGAIN; /* store busy: next tick */
+    if (seq > a->log_after) {
+        int r = send_logs_page(s, d, a->id, &a->log_after);
+        if (r < 0) return API_TICK_DONE;
+        if (r > 0) return API_TICK_SOON; /* the job's change is looked at once the logs are out */
+    }
+    if (up != a->updated) {
+        if (jobs_get(d, a->ws_id, a->id, &job, &err) != 0) return API_TICK_AGAIN;
+        a->updated = up;
+        int terminal = jobs_status_terminal(json_string_value(json_object_get(job, "status")));
+        if (api_stream_event(s, "progress", progress_event(job)) != 0) {
+            json_decref(job);
+            return API_TICK_DONE;
+        }
+        if (terminal) {
+            a->final = job;
+            a->phase = SSE_DRAIN;
+            return API_TICK_SOON;
+        }
+        json_decref(job);
+    }
+    if (lt_mono_s() - a->last_beat >= a->heartbeat_s) {
+        char now[LT_TIME_LEN];
+        lt_time_fmt(lt_now_ms(), now);
+        if (api_stream_event(s, "heartbeat", json_pack("{s:s}", "time", now)) != 0) return API_TICK_DONE;
+        a->last_beat = lt_mono_s();
+    }
+    return API_TICK_AGAIN;
 }
 
 static int h_events(api_req *req, api_resp *resp) {
@@ -749,7 +776,7 @@ static int h_events(api_req *req, api_resp *resp) {
     snprintf(a->ws_id, sizeof a->ws_id, "%s", sc.ws.id);
     a->heartbeat_s = (int)hb;
     a->after = after;
-    api_stream_start(resp, 200, "text/event-stream", sse_run, a, free);
+    api_stream_start_polled(resp, 200, "text/event-stream", sse_tick, SSE_POLL_MS, a, sse_arg_free);
     return 0;
 }
 

@@ -8,11 +8,13 @@
  *
  * Threads. libmicrohttpd runs MHD_OPTION_THREAD_POOL_SIZE polling threads (epoll where available); each
  * owns a share of the connections and calls our access handler for them. Handlers run on those threads,
- * so they must not block for long: database work is fine, training is not. Streaming responses (SSE) get
- * a producer thread each: the producer writes into a buffer, and the connection is suspended while the
- * buffer is empty (resumed by the next write), so a quiet stream costs no polling thread at all. Since the
- * producers are threads, open streams are capped (cfg max_streams in all, max_streams_per_key per API key;
- * more get a 429 naming the limit), and a slot frees once the client has gone and the producer returned.
+ * so they must not block for long: database work is fine, training is not. Streaming responses started
+ * with api_stream_start get a producer thread each: it writes into a buffer, and the connection is suspended
+ * while the buffer is empty (resumed by the next write), so a quiet stream costs no polling thread at all.
+ * Polled streams (api_stream_start_polled, the job events) have no producer thread: one stream-poller thread
+ * ticks every one of them in turn. Open streams are capped (cfg max_streams in all, max_streams_per_key per
+ * API key; more get a 429 naming the limit), and a slot frees once the client has gone and the producer (or
+ * the poller) is done with it.
  *
  * A request's life. libmicrohttpd calls the access handler several times per request: first with the
  * headers (we allocate the request state, pick the request id, match the route, and check what headers
@@ -147,6 +149,11 @@ struct api_stream {
     int closed, done, suspended, refs;
     struct MHD_Connection *conn;
     api_stream_fn fn;
+    api_stream_tick_fn tick; /* polled streams: no producer thread */
+    int period_ms;
+    double due;    /* monotonic time of the next tick */
+    int poll_done; /* the poller has finished with it (guarded by streams_mu) */
+    int armed;     /* its response is queued: the poller may tick it (guarded by streams_mu) */
     void *arg;
     void (*free_arg)(void *);
     api_server *srv;
@@ -443,6 +450,14 @@ int api_stream_start(api_resp *resp, int status, const char *content_type, api_s
     return 0;
 }
 
+int api_stream_start_polled(api_resp *resp, int status, const char *content_type, api_stream_tick_fn tick,
+                            int period_ms, void *arg, void (*free_arg)(void *)) {
+    api_stream_start(resp, status, content_type, NULL, arg, free_arg);
+    resp->stream_tick = tick;
+    resp->stream_period_ms = period_ms > 0 ? period_ms : 250;
+    return 0;
+}
+
 static void stream_release(api_stream *s) {
     api_server *srv = s->srv;
     pthread_mutex_lock(&srv->streams_mu);
@@ -476,7 +491,7 @@ static void stream_kick(api_stream *s) {
 
 int api_stream_write(api_stream *s, const void *data, size_t n) {
     pthread_mutex_lock(&s->mu);
-    while (!s->closed && s->buf.len - s->off > STREAM_HIGH_WATER) {
+    while (!s->tick && !s->closed && s->buf.len - s->off > STREAM_HIGH_WATER) {
         struct timespec ts;
         abs_deadline(&ts, 1000);
         pthread_cond_timedwait(&s->cv, &s->mu, &ts);
@@ -617,6 +632,88 @@ static void *stream_producer(void *arg) {
     return NULL;
 }
 
+/* ---- the stream poller: one thread ticks every polled stream ---- */
+
+#define POLL_BATCH 64
+#define POLL_MS 50
+
+/* The poller's last act for a stream: free its arg, end the response, drop the poller's reference. */
+static void poll_finish(api_server *srv, api_stream *s) {
+    if (s->free_arg) s->free_arg(s->arg);
+    s->free_arg = NULL;
+    pthread_mutex_lock(&s->mu);
+    s->done = 1;
+    stream_kick(s);
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&srv->streams_mu);
+    srv->producers--;
+    pthread_cond_broadcast(&srv->streams_cv);
+    pthread_mutex_unlock(&srv->streams_mu);
+    stream_release(s);
+}
+
+/* One pass: ticks the polled streams that are due (all of them, to end them, when final). Returns whether a
+ * stream asked to be ticked again soon. */
+static int poll_once(api_server *srv, int final) {
+    api_stream *batch[POLL_BATCH];
+    int soon = 0, more = 1;
+    double now = lt_mono_s();
+    while (more) {
+        int n = 0;
+        more = 0;
+        pthread_mutex_lock(&srv->streams_mu);
+        for (api_stream *s = srv->streams; s; s = s->next) {
+            if (!s->tick || !s->armed || s->poll_done || (!final && s->due > now)) continue;
+            if (n == POLL_BATCH) {
+                more = 1;
+                break;
+            }
+            s->poll_done = 1; /* taken for this pass; set back below when it goes on */
+            pthread_mutex_lock(&s->mu);
+            s->refs++;
+            pthread_mutex_unlock(&s->mu);
+            batch[n++] = s;
+        }
+        pthread_mutex_unlock(&srv->streams_mu);
+        for (int i = 0; i < n; i++) {
+            api_stream *s = batch[i];
+            pthread_mutex_lock(&s->mu);
+            int closed = s->closed, full = s->buf.len - s->off > STREAM_HIGH_WATER;
+            pthread_mutex_unlock(&s->mu);
+            int r = API_TICK_AGAIN;
+            if (final || closed)
+                r = API_TICK_DONE;
+            else if (!full)
+                r = s->tick(s, s->arg);
+            if (r != API_TICK_DONE && api_stream_closed(s)) r = API_TICK_DONE;
+            if (r == API_TICK_DONE) {
+                poll_finish(srv, s);
+            } else {
+                pthread_mutex_lock(&srv->streams_mu);
+                s->poll_done = 0;
+                s->due = full                 ? now + POLL_MS / 1000.0
+                         : r == API_TICK_SOON ? now
+                                              : now + s->period_ms / 1000.0;
+                pthread_mutex_unlock(&srv->streams_mu);
+                soon |= r == API_TICK_SOON;
+            }
+            stream_release(s); /* the pass's reference */
+        }
+    }
+    return soon;
+}
+
+static void poller_main(api_ctx *ctx, void *arg) {
+    api_server *srv = arg;
+    while (!api_ctx_sleep(ctx, POLL_MS)) {
+        int rounds = 0; /* streams with more to send go round again at once, a few times */
+        while (poll_once(srv, 0) && !api_ctx_stopping(ctx) && ++rounds < 16)
+            ;
+    }
+    poll_once(srv, 1); /* stopping: end every polled stream */
+}
+
 /* ================================================================================================== */
 /* the pipeline                                                                                       */
 
@@ -654,14 +751,15 @@ static enum MHD_Result respond(req_state *rs, struct MHD_Connection *conn) {
     case RESP_STREAM:
         mr = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, stream,
                                                stream_response_free);
-        if (!mr) { /* nobody else knows the stream yet: drop both references */
+        if (!mr) { /* nobody else uses the stream yet (a polled one is not armed): drop it */
+            int counted = !(stream->tick && stream->poll_done);
             if (stream->free_arg) stream->free_arg(stream->arg);
             stream->free_arg = NULL;
             stream->refs = 1;
             stream_release(stream);
             stream = NULL;
             pthread_mutex_lock(&srv->streams_mu);
-            srv->producers--;
+            if (counted) srv->producers--;
             pthread_mutex_unlock(&srv->streams_mu);
         }
         break;
@@ -699,7 +797,11 @@ static enum MHD_Result respond(req_state *rs, struct MHD_Connection *conn) {
     api_metrics_observe(rs->method, rs->route ? rs->route->pattern : "unmatched", status, dt);
     lt_log(status >= 500 ? LOG_ERROR : LOG_INFO, "%s %s %d %.1fms%s", rs->method, rs->path, status, dt * 1000,
            stream ? " (stream)" : "");
-    if (stream) {
+    if (stream && stream->tick) {
+        pthread_mutex_lock(&srv->streams_mu);
+        stream->armed = 1; /* the poller ticks it from now on */
+        pthread_mutex_unlock(&srv->streams_mu);
+    } else if (stream) {
         pthread_t t;
         pthread_attr_t a;
         pthread_attr_init(&a);
@@ -764,14 +866,30 @@ static api_stream *stream_open(req_state *rs, struct MHD_Connection *conn) {
     stream->refs = 2;
     stream->conn = conn;
     stream->fn = r->stream_fn;
+    stream->tick = r->stream_tick;
+    stream->period_ms = r->stream_period_ms;
+    stream->due = 0; /* at once */
     stream->arg = r->stream_arg;
     stream->free_arg = r->stream_free;
     stream->srv = srv;
     snprintf(stream->request_id, sizeof stream->request_id, "%s", rs->req.request_id);
     snprintf(stream->key_id, sizeof stream->key_id, "%s", key);
     r->stream_fn = NULL;
+    r->stream_tick = NULL;
     r->stream_arg = NULL;
     r->stream_free = NULL;
+    if (stream->tick && api_ctx_stopping(&srv->ctx)) { /* the poller has gone: an empty stream */
+        if (stream->free_arg) stream->free_arg(stream->arg);
+        stream->free_arg = NULL;
+        stream->done = 1;
+        stream->poll_done = 1;
+        stream->refs = 1;
+        stream->next = srv->streams;
+        if (srv->streams) srv->streams->prev = stream;
+        srv->streams = stream;
+        pthread_mutex_unlock(&srv->streams_mu);
+        return stream;
+    }
     stream->next = srv->streams;
     if (srv->streams) srv->streams->prev = stream;
     srv->streams = stream;
@@ -1346,7 +1464,8 @@ api_server *api_server_start(const api_config *cfg, lt_err *err) {
     if (!srv->router) abort();
     srv->router->ctx = &srv->ctx;
     api_routes_core(srv->router);
-    if (api_ctx_spawn(&srv->ctx, "idempotency-purge", idem_purge_loop, NULL, err) != 0) {
+    if (api_ctx_spawn(&srv->ctx, "stream-poller", poller_main, srv, err) != 0 ||
+        api_ctx_spawn(&srv->ctx, "idempotency-purge", idem_purge_loop, NULL, err) != 0) {
         api_server_stop(srv);
         return NULL;
     }

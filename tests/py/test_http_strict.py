@@ -350,10 +350,10 @@ def test_event_stream_caps(lathe_server):
     r = open_stream(b)
     body = assert_envelope(r, 429, "rate_limited")
     assert "--max-streams " in body["detail"] and "limit 3" in body["detail"], body
-    # Refused streams cost no thread: only the three open ones do.
+    # Refused streams cost no thread, and open ones neither (one poller ticks them all).
     for _ in range(10):
         assert open_stream(b).status_code == 429
-    assert threads_of(srv) <= t0 + 3
+    assert threads_of(srv) <= t0 + 1
     # Closing a stream frees its slot (the producer notices at its next heartbeat).
     streams.pop(0).close()
     deadline = time.monotonic() + 15
@@ -367,3 +367,36 @@ def test_event_stream_caps(lathe_server):
         time.sleep(0.3)
     for r in streams:
         r.close()
+
+
+def test_150_streams_cost_no_threads(lathe_server):
+    """With the default caps (256 in all, 32 per key) 150 open event streams from 5 keys are all served, each
+    gets its snapshot, and the server runs no more threads than with none open."""
+    from test_jobs import init_tiny, push_fixtures, sft
+
+    srv = lathe_server(env={"LATHE_WORKERS": "0"})
+    init_tiny(srv.data_dir / "models" / "tiny")
+    push_fixtures(srv)
+    job = srv.post(JOBS, json=sft()).json()
+    url = JOBS + "/" + job["id"] + "/events"
+    keys = [srv.post("/api/v1/user/api-keys", json={"name": "k%d" % i}).json()["key"] for i in range(5)]
+    sessions = [srv.session(key=k) for k in keys]
+    t0 = threads_of(srv)
+    streams = []
+    try:
+        for i in range(150):
+            r = sessions[i % 5].get(url, params={"heartbeat": 5}, stream=True, timeout=30)
+            assert r.status_code == 200, r.text
+            streams.append(r)
+        assert threads_of(srv) <= t0 + 1, (t0, threads_of(srv))
+        for r in streams:
+            lines = r.iter_lines()
+            assert next(lines) == b"event: snapshot"
+        # A 33rd stream of one key is refused by the per-key cap.
+        extra = [sessions[0].get(url, stream=True, timeout=30) for _ in range(3)]
+        assert [e.status_code for e in extra] == [200, 200, 429]
+        for e in extra:
+            e.close()
+    finally:
+        for r in streams:
+            r.close()

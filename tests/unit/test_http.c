@@ -200,6 +200,46 @@ static int h_forever(api_req *req, api_resp *resp) {
     return api_stream_start(resp, 200, NULL, sse_forever, NULL, NULL);
 }
 
+/* A polled stream: one event per tick, three in all, then done; its arg is freed after the last tick. */
+static atomic_int g_polled_freed, g_polled_forever_freed;
+typedef struct polled_arg {
+    int n;
+    atomic_int *freed;
+} polled_arg;
+
+static void polled_free(void *p) {
+    polled_arg *a = p;
+    atomic_fetch_add(a->freed, 1);
+    free(a);
+}
+
+static int tick_three(api_stream *s, void *arg) {
+    polled_arg *a = arg;
+    if (api_stream_event(s, "tick", json_pack("{s:i}", "n", a->n)) != 0) return API_TICK_DONE;
+    return ++a->n == 3 ? API_TICK_DONE : a->n == 1 ? API_TICK_SOON : API_TICK_AGAIN;
+}
+
+static int h_polled(api_req *req, api_resp *resp) {
+    (void)req;
+    polled_arg *a = calloc(1, sizeof *a);
+    a->freed = &g_polled_freed;
+    return api_stream_start_polled(resp, 200, "text/event-stream", tick_three, 20, a, polled_free);
+}
+
+/* Never done by itself: only the end of the server ends it. */
+static int tick_forever(api_stream *s, void *arg) {
+    polled_arg *a = arg;
+    if (a->n++ == 0 && api_stream_event(s, "hello", NULL) != 0) return API_TICK_DONE;
+    return API_TICK_AGAIN;
+}
+
+static int h_polled_forever(api_req *req, api_resp *resp) {
+    (void)req;
+    polled_arg *a = calloc(1, sizeof *a);
+    a->freed = &g_polled_forever_freed;
+    return api_stream_start_polled(resp, 200, NULL, tick_forever, 60000, a, polled_free);
+}
+
 static int h_upload(api_req *req, api_resp *resp) {
     lt_err err = {0};
     size_t n = 0;
@@ -258,6 +298,8 @@ static void test_routes(api_router *r) {
     api_route(r, "GET", "/t/bug", h_bug, API_PUBLIC, 0);
     api_route(r, "GET", "/t/sse", h_sse, API_PUBLIC, 0);
     api_route(r, "GET", "/t/forever", h_forever, API_PUBLIC, 0);
+    api_route(r, "GET", "/t/polled", h_polled, API_PUBLIC, 0);
+    api_route(r, "GET", "/t/polled-forever", h_polled_forever, API_PUBLIC, 0);
     api_route(r, "POST", "/t/upload", h_upload, API_PUBLIC | API_RAW_BODY, 512 * 1024);
     api_route(r, "GET", "/t/file", h_file, API_PUBLIC, 0);
     api_route(r, "GET", "/t/query", h_query, API_PUBLIC, 0);
@@ -500,6 +542,24 @@ static void test_sse_stream(void **state) {
     reply_free(&r);
 }
 
+static void test_polled_stream(void **state) {
+    live *l = *state;
+    char url[128];
+    snprintf(url, sizeof url, "%s/t/polled", l->base);
+    for (int round = 0; round < 3; round++) {
+        reply r = {0};
+        assert_int_equal(http(url, "GET", NULL, 0, NULL, &r), 0);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(r.body.buf, "event: tick\ndata: {\"n\":0}\n\nevent: tick\ndata: "
+                                        "{\"n\":1}\n\nevent: tick\ndata: {\"n\":2}\n\n");
+        assert_non_null(strstr(r.headers.buf, "Cache-Control: no-cache"));
+        reply_free(&r);
+    }
+    for (int i = 0; i < 200 && atomic_load(&g_polled_freed) < 3; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&g_polled_freed), 3);
+}
+
 static void test_raw_upload_spooled(void **state) {
     live *l = *state;
     char url[128];
@@ -603,12 +663,15 @@ static void test_shutdown_ends_streams_and_threads(void **state) {
     assert_non_null(l);
     char url[128];
     snprintf(url, sizeof url, "%s/t/forever", l->base);
-    forever_arg a = {.url = url};
-    pthread_t t;
+    char purl[128];
+    snprintf(purl, sizeof purl, "%s/t/polled-forever", l->base);
+    forever_arg a = {.url = url}, pa = {.url = purl};
+    pthread_t t, pt;
     pthread_create(&t, NULL, forever_client, &a);
-    for (int i = 0; i < 500 && !atomic_load(&a.r.got_bytes); i++)
+    pthread_create(&pt, NULL, forever_client, &pa);
+    for (int i = 0; i < 500 && !(atomic_load(&a.r.got_bytes) && atomic_load(&pa.r.got_bytes)); i++)
         usleep(10000);
-    assert_true(atomic_load(&a.r.got_bytes));
+    assert_true(atomic_load(&a.r.got_bytes) && atomic_load(&pa.r.got_bytes));
     int before = atomic_load(&g_bg_iterations);
     assert_true(before > 0 || api_ctx_stopping(api_server_ctx(l->srv)) == 0);
     double t0 = lt_mono_s();
@@ -616,7 +679,12 @@ static void test_shutdown_ends_streams_and_threads(void **state) {
     l->srv = NULL;
     double dt = lt_mono_s() - t0;
     pthread_join(t, NULL);
+    pthread_join(pt, NULL);
     assert_true(dt < 10.0); /* the producer waits 60 s between beats: shutdown must not wait for it */
+    assert_int_equal(pa.rc, 0);
+    assert_non_null(strstr(pa.r.body.buf, "event: hello"));
+    assert_int_equal(atomic_load(&g_polled_forever_freed), 1);
+    reply_free(&pa.r);
     assert_int_equal(a.rc, 0);
     assert_int_equal(a.r.status, 200);
     assert_non_null(strstr(a.r.body.buf, "event: hello"));
@@ -628,17 +696,12 @@ static void test_shutdown_ends_streams_and_threads(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config_parsers),
-        cmocka_unit_test(test_ratelimit_synthetic_clock),
-        cmocka_unit_test(test_validation_rendering),
-        cmocka_unit_test(test_validation_errors_capped),
-        cmocka_unit_test(test_gate_inspect),
-        cmocka_unit_test(test_handler_without_answer_is_500),
-        cmocka_unit_test(test_sse_stream),
-        cmocka_unit_test(test_raw_upload_spooled),
-        cmocka_unit_test(test_file_download),
-        cmocka_unit_test(test_query_and_routes),
-        cmocka_unit_test(test_shutdown_ends_streams_and_threads),
+        cmocka_unit_test(test_config_parsers),       cmocka_unit_test(test_ratelimit_synthetic_clock),
+        cmocka_unit_test(test_validation_rendering), cmocka_unit_test(test_validation_errors_capped),
+        cmocka_unit_test(test_gate_inspect),         cmocka_unit_test(test_handler_without_answer_is_500),
+        cmocka_unit_test(test_sse_stream),           cmocka_unit_test(test_polled_stream),
+        cmocka_unit_test(test_raw_upload_spooled),   cmocka_unit_test(test_file_download),
+        cmocka_unit_test(test_query_and_routes),     cmocka_unit_test(test_shutdown_ends_streams_and_threads),
     };
     /* One server for the group (group_setup); the shutdown test starts and stops its own. */
     return cmocka_run_group_tests_name("http", tests, group_setup, group_teardown);
