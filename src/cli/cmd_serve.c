@@ -375,8 +375,9 @@ int cmd_serve(int argc, char **argv) {
     printf("lathe: listening on http://%s%s%s:%d\n", v6 ? "[" : "", host, v6 ? "]" : "",
            api_server_port(srv));
     fflush(stdout);
-    lt_log(LOG_INFO, "serving; data dir %s, store %s, rate limit %g:%g", cfg.data_dir, cfg.db_url,
-           cfg.rate_per_s, cfg.rate_burst);
+    char shown_url[512];
+    lt_log(LOG_INFO, "serving; data dir %s, store %s, rate limit %g:%g", cfg.data_dir,
+           db_url_redacted(cfg.db_url, shown_url, sizeof shown_url), cfg.rate_per_s, cfg.rate_burst);
     int sig = 0;
     while (sigwait(&set, &sig) != 0) {
     }

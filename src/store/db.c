@@ -244,6 +244,32 @@ void db_close(db *d) {
     free(d);
 }
 
+char *db_url_redacted(const char *url, char *buf, size_t cap) {
+    assert(cap > 0);
+    snprintf(buf, cap, "%s", url ? url : "");
+    char *scheme = strstr(buf, "://");
+    if (scheme && strncmp(buf, "sqlite", 6) != 0) {
+        char *auth = scheme + 3, *end = auth + strcspn(auth, "/?#"), *at = NULL;
+        for (char *p = auth; p < end; p++)
+            if (*p == '@') at = p;
+        char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon) {
+            char rest[1024];
+            snprintf(rest, sizeof rest, "%s", at);
+            snprintf(colon + 1, cap - (size_t)(colon + 1 - buf), "***%s", rest);
+        }
+    }
+    for (char *p = buf; (p = strstr(p, "password=")) != NULL;) {
+        p += 9;
+        size_t n = strcspn(p, "&# ");
+        char rest[1024];
+        snprintf(rest, sizeof rest, "%s", p + n);
+        snprintf(p, cap - (size_t)(p - buf), "***%s", rest);
+        p += 3;
+    }
+    return buf;
+}
+
 const char *db_driver(const db *d) {
     return d->drv->name;
 }

@@ -51,6 +51,10 @@ db *db_open(const char *url, lt_err *err);
  * has stopped using it (statements finalized, transactions ended). NULL is a no-op. */
 void db_close(db *d);
 
+/* Copies url into buf (cap bytes) with a password in it replaced by "***" (postgres://user:***@host/db, and a
+ * password=... query parameter), for logs and messages. Returns buf. */
+char *db_url_redacted(const char *url, char *buf, size_t cap);
+
 /* "sqlite" or "postgres": for the rare query that must differ between drivers. */
 const char *db_driver(const db *d);
 

@@ -135,3 +135,25 @@ def test_two_servers_share_one_blob_dir(private_pg, tmp_path):
         assert not (a.data_dir / "blobs").exists() and not (b.data_dir / "blobs").exists()
     finally:
         assert a.stop() == 0 and b.stop() == 0
+
+
+def test_connections_cut_by_the_database_are_reset_and_retried(private_pg, tmp_path):
+    """PostgreSQL ends every session of the server (pg_terminate_backend, as a failover or an idle-session
+    killer does): the next statements run on fresh connections, so no request fails."""
+    _, admin = private_pg
+    url = _fresh_db(admin)
+    name = url.rsplit("dbname=", 1)[1]
+    s = LatheServer(tmp_path / "srv", args=["--db", url, "--workers", "0", "--threads", "4"])
+    try:
+        for rnd in range(3):
+            for _ in range(8):  # touch several of the server's threads, so each has a connection
+                assert s.get("/api/v1/user").status_code == 200
+            cut = pg.psql(admin, "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE datname = '%s' AND pid <> pg_backend_pid()" % name)
+            assert int(cut) > 0
+            codes = [s.get("/api/v1/user").status_code for _ in range(12)]
+            codes.append(s.post("/api/v1/orgs", json={"key": "cut-%d" % rnd}).status_code)
+            assert codes == [200] * 12 + [201], (codes, s.log()[-2000:])
+        assert s.proc.poll() is None
+    finally:
+        assert s.stop() == 0, s.log()[-3000:]

@@ -75,6 +75,15 @@ static void test_open_urls(void **state) {
     assert_null(db_open("sqlite:/nonexistent-dir-lathe/x/y.db", &err));
     assert_int_equal(err.code, 500);
     assert_non_null(strstr(err.msg, "/nonexistent-dir-lathe/x/y.db"));
+    /* Passwords never reach logs. */
+    char buf[256];
+    assert_string_equal(db_url_redacted("postgres://u:s3cret@h:5432/db?sslmode=require", buf, sizeof buf),
+                        "postgres://u:***@h:5432/db?sslmode=require");
+    assert_string_equal(db_url_redacted("postgresql://u@h/db?password=s3cret&x=1", buf, sizeof buf),
+                        "postgresql://u@h/db?password=***&x=1");
+    assert_string_equal(db_url_redacted("postgresql://u@/db?host=/tmp/s", buf, sizeof buf),
+                        "postgresql://u@/db?host=/tmp/s");
+    assert_string_equal(db_url_redacted("sqlite:/a:b@c/lathe.db", buf, sizeof buf), "sqlite:/a:b@c/lathe.db");
     /* In-memory databases are shared by every thread of the handle. */
     lt_err_clear(&err);
     db *m = db_open("sqlite::memory:", &err);
@@ -161,6 +170,13 @@ static void test_statements(void **state) {
     char buf[4];
     assert_string_equal(db_column_copy(s, 4, buf, sizeof buf), "");
     assert_int_equal(db_step(s, &err), DB_DONE);
+    db_finalize(s);
+    /* `?` inside literals, quoted names and comments is text, not a parameter (PostgreSQL numbers them). */
+    s = db_query(f->d, &err, "SELECT 'it''s ?', ? AS \"q?\" /* ? */ -- ?\n", "t", "x");
+    assert_non_null(s);
+    assert_int_equal(db_step(s, &err), DB_ROW);
+    assert_string_equal(db_column_text(s, 0), "it's ?");
+    assert_string_equal(db_column_text(s, 1), "x");
     db_finalize(s);
     assert_int_equal(db_run(f->d, &err, "UPDATE kv SET i = ? WHERE k <> ?", "it", (int64_t)7, "zzz"), 2);
     assert_int_equal(db_run(f->d, &err, "DELETE FROM kv WHERE k = ?", "n"), 0);
