@@ -6,9 +6,9 @@
 #   py     tests/py/test_*.py        pytest in the test virtualenv: integration (real `lathe serve`) and
 #                                    PyTorch/HF references
 # LATHE_TESTS=unit,py (say) runs a subset; PYTEST_ARGS passes flags to pytest (e.g. "-k catalog").
-# PostgreSQL: the store unit tests (PG_UNIT) and the store-touching Python files (PG_PY) run a second time on a
-# throwaway PostgreSQL server (tests/pg-start.sh; or the one LATHE_TEST_PG names). LATHE_TEST_NO_PG=1 skips
-# that pass; so does a machine where PostgreSQL cannot start, saying why.
+# PostgreSQL: the store unit tests (PG_UNIT, also under asan) and the store-touching Python files (PG_PY) run
+# a second time on a throwaway PostgreSQL server (tests/pg-start.sh; or the one LATHE_TEST_PG names).
+# LATHE_TEST_NO_PG=1 skips that pass; so does a machine where PostgreSQL cannot start, saying why.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -45,7 +45,7 @@ unset LATHE_TEST_PG # the first pass runs on SQLite
 if [ -n "${LATHE_TEST_NO_PG:-}" ]; then
     pg_url=""
     echo "skip postgres pass (LATHE_TEST_NO_PG is set)"
-elif [ -z "$pg_url" ] && { [[ $only == *,unit,* ]] || [[ $only == *,py,* ]]; }; then
+elif [ -z "$pg_url" ] && { [[ $only == *,unit,* ]] || [[ $only == *,asan,* ]] || [[ $only == *,py,* ]]; }; then
     pg_dir=$(mktemp -d /tmp/lathe-pg-XXXXXX)
     if pg_url=$(tests/pg-start.sh "$pg_dir" 2>"$log_dir/pg-start.log"); then
         trap 'tests/pg-stop.sh "$pg_dir"' EXIT
@@ -79,6 +79,12 @@ if [[ $only == *,asan,* ]]; then
         n=asan/$(basename "$t")
         "$t" >"$log_dir/asan-$(basename "$t").log" 2>&1
         count_cmocka "$n" "$log_dir/asan-$(basename "$t").log" $?
+    done
+    for name in $PG_UNIT; do
+        t=$B/asan/tests/$name
+        [ -n "$pg_url" ] && [ -x "$t" ] || continue
+        LATHE_TEST_PG=$pg_url "$t" >"$log_dir/asan-pg-$name.log" 2>&1
+        count_cmocka "asan-postgres/$name" "$log_dir/asan-pg-$name.log" $?
     done
     unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 fi
