@@ -289,7 +289,7 @@ def module_server():
 
 
 def assert_envelope(r, code, type_=None):
-    """Checks that r is the SPEC §2.1 error envelope with this status (and type); returns the body."""
+    """Checks that r is the docs/spec.md §2.1 error envelope with this status (and type); returns the body."""
     assert r.status_code == code, (r.status_code, r.text)
     body = r.json()
     assert set(body) <= {"code", "detail", "type", "errors"}, body

@@ -9,7 +9,7 @@ Precision: dtype "f32" (default) or "f64". In f64 the weights, matmuls, attentio
 float64; HF itself still computes RMSNorm and the RoPE cos/sin tables in float32 and casts back, so f64 results
 are "HF numerics with f64 matmuls", which is what an f32 engine that follows HF should approach.
 
-Engine conventions reproduced here (SPEC §6, reference/tinker-semantics.md):
+Engine conventions reproduced here (docs/spec.md §6, docs/engine-kernels.md):
   * A datum is (tokens[T], targets[T], weights[T]): position t predicts targets[t] from tokens[0..t].
     When targets are not given, the next-token shift is used: tokens[:-1] predict tokens[1:].
   * logprobs[t] = log softmax(logits[t])[targets[t]].

@@ -1,4 +1,4 @@
-"""The artifact registry (SPEC §3.1) against a real `lathe serve`: pushing datasets, capabilities and tasks as
+"""The artifact registry (docs/spec.md §3.1) against a real `lathe serve`: pushing datasets, capabilities and tasks as
 archives built here with `tarfile`, the checks made on push (archive safety, manifests, rows with file and
 line), versions and "latest", download == upload, delete with its in-use protection, and who may do what."""
 

@@ -57,7 +57,7 @@ RULES = {
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/api/v1/openapi.json"): PUBLIC,
-    # identity (SPEC §3, hardened by issue 15)
+    # identity (docs/spec.md §3, hardened by issue 15)
     ("GET", "/api/v1/user"): R("user"),
     ("GET", "/api/v1/user/api-keys"): R("user", admin=True),
     ("POST", "/api/v1/user/api-keys"): R("user", admin=True),
@@ -76,7 +76,7 @@ RULES = {
     ("GET", "/api/v1/org/{org}/ws"): R("org", READER),
     ("GET", "/api/v1/org/{org}/ws/{ws}"): R("ws", READER),
     ("GET", "/api/v1/org/{org}/ws/{ws}/projects/{project}"): R("ws", READER),
-    # training (SPEC §4)
+    # training (docs/spec.md §4)
     ("POST", "/api/v1/org/{org}/ws/{ws}/training/jobs"): R("ws", CONTRIBUTOR, ["training:write"]),
     ("GET", "/api/v1/org/{org}/ws/{ws}/training/jobs"): R("ws", READER, TR_READ),
     ("GET", "/api/v1/org/{org}/ws/{ws}/training/jobs/{job_id}"): R("ws", READER, TR_READ),
@@ -94,7 +94,7 @@ RULES = {
     ),
     ("GET", "/api/v1/training/catalog"): R("user", scopes=TR_READ),
 }
-for _kind in ART:  # artifacts (SPEC §3.1)
+for _kind in ART:  # artifacts (docs/spec.md §3.1)
     _b = "/api/v1/org/{org}/" + _kind
     RULES[("POST", _b)] = R("org", CONTRIBUTOR, ["artifacts:write"])
     RULES[("GET", _b)] = R("org", READER, ["artifacts:read"])

@@ -15,7 +15,7 @@ What the SDK does (read from its source, dreadnode/app/cli/train.py, args.py, co
 Two compatibility points (docs/api.md): GET /api/v1/user carries `email_address` beside `email` (the SDK's User
 model requires it, so every `dn` verb stops in its scope check without it), and the catalog leaves "grpo" out of
 supported_algorithms for clients whose User-Agent is the SDK's (its TrainingModel enum accepts only sft /
-importance_sampling / ppo); other clients get SPEC §3.2's full list.
+importance_sampling / ppo); other clients get docs/spec.md §3.2's full list.
 """
 
 import io
@@ -199,7 +199,7 @@ def test_rl_context_parses_as_sdk_model(srv, api):
 
 
 def test_catalog_parses_as_sdk_model(srv, api):
-    # SPEC §3.2 lists "grpo"; the SDK's TrainingModel enum has no such value, so the server leaves it out for
+    # docs/spec.md §3.2 lists "grpo"; the SDK's TrainingModel enum has no such value, so the server leaves it out for
     # clients that identify as the SDK (docs/api.md) and keeps it for everyone else
     assert "grpo" in catalog_algorithms(srv, "lathe-cli/0.1.0")
     assert "grpo" not in catalog_algorithms(srv, "dreadnode-sdk/2.0.52")

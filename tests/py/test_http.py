@@ -1,4 +1,4 @@
-"""Cross-cutting HTTP rules of SPEC §2 against a real `lathe serve`: the error envelope on every failure
+"""Cross-cutting HTTP rules of docs/spec.md §2 against a real `lathe serve`: the error envelope on every failure
 path, auth headers, body checks (400/413), client versions (426), rate limits (429), Idempotency-Key,
 request ids, probes, metrics, and graceful shutdown with a request in flight."""
 

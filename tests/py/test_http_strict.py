@@ -1,7 +1,7 @@
 """HTTP strictness and bounded amplification (issue 15, defects 6, 7, 9, 10) against a real `lathe serve`.
 
 The HTTP cases talk raw sockets: each sends exact bytes and checks that exactly one status line comes back,
-with the right code, and that the body is the SPEC §2.1 error envelope (never libmicrohttpd's HTML):
+with the right code, and that the body is the docs/spec.md §2.1 error envelope (never libmicrohttpd's HTML):
   - the connection gate (src/api/gate.c) for a new connection's first head: 414 request target too long, 431
     headers too large, 400 bad Content-Length / chunk size / missing Host / malformed line, 413 chunk size,
     505 HTTP/2 preface or unknown version;

@@ -1,4 +1,4 @@
-"""Identity and tenancy routes of SPEC §3 against a real `lathe serve`: /user, API keys, orgs, workspaces,
+"""Identity and tenancy routes of docs/spec.md §3 against a real `lathe serve`: /user, API keys, orgs, workspaces,
 projects, members, with their role rules (404 for non-members, 403 for roles too low or keys too narrow)."""
 
 import json

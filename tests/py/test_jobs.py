@@ -1,4 +1,4 @@
-"""Training-job routes E1-E13 and the catalog (SPEC §3.2, §4) against a real `lathe serve`.
+"""Training-job routes E1-E13 and the catalog (docs/spec.md §3.2, §4) against a real `lathe serve`.
 
 The module's server runs without in-process workers (LATHE_WORKERS=0), so jobs stay where the test puts them;
 a worker is played by a key with the `worker` scope posting progress events (E10). Real references: the
@@ -823,7 +823,7 @@ def test_responses_parse_with_the_dreadnode_sdk_models(srv):
     cat = models.TrainingCatalogResponse.model_validate(sdk.get("/api/v1/training/catalog").json())
     assert [m.tinker_id for m in cat.models] == ["tiny"]
     assert cat.models[0].supported_algorithms == ["sft", "importance_sampling", "ppo"]
-    # other clients get SPEC's full list
+    # other clients get docs/spec.md's full list
     full = srv.get("/api/v1/training/catalog").json()["models"][0]["supported_algorithms"]
     assert full == ["sft", "importance_sampling", "ppo", "grpo"]
     models.TrainingJobProgressUpdateRequest.model_validate({"event_type": "step_complete", "metrics": {"steps": [1]}})

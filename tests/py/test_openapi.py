@@ -4,7 +4,7 @@ is kept true here:
 1. it is what the server serves, what its generator (src/api/openapi.py) writes, and a valid OpenAPI 3.1 document (openapi-spec-validator when installed, else
    structural checks: versions, unique operation ids, declared path parameters, resolvable $refs, every schema a
    valid JSON Schema 2020-12, error envelope on every error response, both security schemes);
-2. it documents every route of SPEC §2-§4;
+2. it documents every route of docs/spec.md §2-§4;
 3. every documented operation (path x method) is called against a real server with real data, and the status
    must be one the document lists for it and the body must match the documented schema;
 4. a bounded schemathesis run over the document finds no 5xx and no response that breaks the document.
@@ -31,7 +31,7 @@ DOC = json.loads((ROOT / "src" / "api" / "openapi.json").read_text())
 METHODS = ("get", "post", "put", "patch", "delete")
 KINDS = (("datasets", "dataset"), ("capabilities", "capability"), ("tasks", "task"))
 
-# SPEC §2-§4, route by route (method, path). The compat routes are extra and also documented.
+# docs/spec.md §2-§4, route by route (method, path). The compat routes are extra and also documented.
 SPEC_ROUTES = [
     ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/user"), ("get", "/api/v1/user/api-keys"), ("post", "/api/v1/user/api-keys"),

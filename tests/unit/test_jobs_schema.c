@@ -328,7 +328,7 @@ static void test_ranges(void **state) {
         if (cases[i].msg && strncmp(msg0(), cases[i].msg, strlen(cases[i].msg)) != 0)
             fail_msg("case %zu: msg '%s', want '%s'", i, msg0(), cases[i].msg);
     }
-    /* detail, as SPEC §2.1 shows it */
+    /* detail, as docs/spec.md §2.1 shows it */
     run(sft("\"batch_size\":0"));
     assert_string_equal(R.detail, "config.batch_size must be >= 1");
     /* upper bounds are inclusive */

@@ -192,7 +192,7 @@ static void test_pick_and_stops(void **state) {
     assert_int_equal(render_pick(t, "qwen"), RENDER_ROLE_COLON);
     assert_int_equal(render_pick(qwen, "llama"), RENDER_ROLE_COLON);
     assert_int_equal(render_pick(llama, "qwen"), RENDER_ROLE_COLON);
-    /* a tiny model's bare ChatML vocabulary (no thinking tags) is role_colon, as SPEC §5 asks */
+    /* a tiny model's bare ChatML vocabulary (no thinking tags) is role_colon, as docs/spec.md §5 asks */
     const char *chatml =
         "{\"added_tokens\":[{\"id\":3,\"content\":\"<|im_start|>\",\"special\":true},{\"id\":4,"
         "\"content\":\"<|im_end|>\",\"special\":true}],\"model\":{\"type\":\"BPE\",\"vocab\":"

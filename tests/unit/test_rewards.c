@@ -1,5 +1,5 @@
-/* Unit tests for train/rewards: every recipe of SPEC §4.5, gsm8k extraction edge cases, recipe errors and
- * the metrics each recipe reports. */
+/* Unit tests for train/rewards: every recipe of docs/spec.md §4.5, gsm8k extraction edge cases, recipe errors
+ * and the metrics each recipe reports. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,7 +1,7 @@
 /* Unit tests for train/sft (tr_sft_run) on a tiny random model written into a temp dir: the loss falls,
- * every event carries SPEC §4.6's metric keys, checkpoints are named and written as trainer.h says, a run
- * stopped through h->stop and resumed ends bit-exact with an uninterrupted one, bad rows fail with 422 before
- * any event, steps capping epochs warns, gradient accumulation matches one big batch, truncation keeps
+ * every event carries docs/spec.md §4.6's metric keys, checkpoints are named and written as trainer.h says, a
+ * run stopped through h->stop and resumed ends bit-exact with an uninterrupted one, bad rows fail with 422
+ * before any event, steps capping epochs warns, gradient accumulation matches one big batch, truncation keeps
  * max_sequence_length tokens, and the capability prompt is part of what is trained on. */
 #include <setjmp.h>
 #include <stdarg.h>
