@@ -260,6 +260,9 @@ def _stop_all(servers):
         rc = s.stop()
         if rc != 0:
             bad.append((s.data_dir, rc, s.log()[-2000:]))
+    if STORE == "postgres":
+        for s in servers:
+            pg.drop(s.data_dir)
     assert not bad, "lathe serve did not exit 0 at teardown: %r" % (bad,)
 
 

@@ -75,6 +75,19 @@ def database_for(data_dir):
         return url
 
 
+def drop(data_dir):
+    """Drops data_dir's database, if it has one (its servers have stopped). Errors are ignored: the whole
+    server is thrown away at the end anyway."""
+    key = str(pathlib.Path(data_dir).resolve())
+    with _lock:
+        url = _dbs.pop(key, None)
+        admin = _server[0] if _server else None
+    if url and admin:
+        name = url.rsplit("dbname=", 1)[1]
+        subprocess.run([_psql(), admin, "-qAtc", "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name],
+                       capture_output=True, timeout=60)
+
+
 def unavailable():
     """None when PostgreSQL can be used, else the reason."""
     with _lock:
