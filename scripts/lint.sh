@@ -6,7 +6,8 @@
 #            each with its reason
 #   layers   scripts/check-layers.py: includes (and, given BUILD with objects in BUILD/obj, symbols) against
 #            the layer table of docs/architecture.md
-#   weak     no `#pragma weak` or weak attribute in src/: a registration table names its entries directly
+#   weak     no `#pragma weak` or weak attribute in src/ (a registration table names its entries directly),
+#            and no --whole-archive in the Makefile
 #
 # Prints one line per finding (file:line: what) and one summary line per check; exits 1 if any check failed.
 # LINT_CHECKS=format,layers runs a subset.
@@ -64,8 +65,14 @@ check_layers() {
 }
 
 check_weak() {
-    ! grep -rnE '#[[:space:]]*pragma[[:space:]]+weak|__attribute__[[:space:]]*\(\([^)]*weak' src \
-        --include='*.c' --include='*.h' | sed 's/$/  <- a weak reference: name the symbol directly/'
+    local rc=0
+    grep -rnE '#[[:space:]]*pragma[[:space:]]+weak|__attribute__[[:space:]]*\(\([^)]*weak' src \
+        --include='*.c' --include='*.h' | sed 's/$/  <- a weak reference: name the symbol directly/' | grep . &&
+        rc=1
+    # --whole-archive only ever served weak references; the binary links the library as the tests do.
+    grep -nE '^[^#]*--whole-archive' Makefile | sed 's/^/Makefile:/; s/$/  <- link the library plainly/' |
+        grep . && rc=1
+    return $rc
 }
 
 want format && { check_format; report format $?; }
