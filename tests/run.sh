@@ -39,7 +39,8 @@ count_cmocka() { # name logfile rc
 }
 
 PG_UNIT="test_store test_queue test_artifacts_store"
-PG_PY="test_identity test_jobs test_artifacts test_worker test_authz_matrix test_dn_sdk test_cli test_admin_cli"
+PG_PY="test_identity test_jobs test_artifacts test_worker test_authz_matrix test_dn_sdk test_cli test_admin_cli
+       test_http test_crash"
 pg_url=${LATHE_TEST_PG:-}
 unset LATHE_TEST_PG # the first pass runs on SQLite
 if [ -n "${LATHE_TEST_NO_PG:-}" ]; then

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 
+import pytest
 import requests
 
 from conftest import assert_envelope
@@ -26,6 +27,7 @@ def test_probes(module_server):
     assert r.status_code == 200
 
 
+@pytest.mark.sqlite_only("moves the SQLite file away (test_store_pg.py stops PostgreSQL instead)")
 def test_readyz_fails_when_store_file_is_gone(server):
     db = server.data_dir / "lathe.db"
     moved = server.data_dir / "lathe.db.away"
