@@ -276,7 +276,7 @@ int api_route(api_router *r, const char *method, const char *pattern, api_handle
 /* The context the routes will run with (to spawn background threads while registering). */
 api_ctx *api_router_ctx(api_router *r);
 
-/* Route groups: server.c calls each at start. Others are weak: a group whose file is absent is skipped. */
+/* Route groups: server.c calls each at start, in this order. */
 void api_routes_core(api_router *r);      /* healthz, readyz, metrics (server.c) */
 void api_routes_identity(api_router *r);  /* SPEC §3 identity (routes_identity.c) */
 void api_routes_artifacts(api_router *r); /* SPEC §3.1 (routes_artifacts.c) */

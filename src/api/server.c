@@ -57,11 +57,6 @@
 #include "util/log.h"
 #include "util/util.h"
 
-#pragma weak api_routes_identity
-#pragma weak api_routes_artifacts
-#pragma weak api_routes_jobs
-#pragma weak api_routes_compat
-#pragma weak api_routes_openapi
 
 #define MAX_ROUTES 256
 #define MAX_SEGS 16
@@ -1469,11 +1464,11 @@ api_server *api_server_start(const api_config *cfg, lt_err *err) {
         api_server_stop(srv);
         return NULL;
     }
-    if (api_routes_identity) api_routes_identity(srv->router);
-    if (api_routes_artifacts) api_routes_artifacts(srv->router);
-    if (api_routes_jobs) api_routes_jobs(srv->router);
-    if (api_routes_compat) api_routes_compat(srv->router);
-    if (api_routes_openapi) api_routes_openapi(srv->router);
+    api_routes_identity(srv->router);
+    api_routes_artifacts(srv->router);
+    api_routes_jobs(srv->router);
+    api_routes_compat(srv->router);
+    api_routes_openapi(srv->router);
     if (srv->cfg.routes_extra) srv->cfg.routes_extra(srv->router);
 
     int port = 0;
