@@ -57,7 +57,6 @@
 #include "util/log.h"
 #include "util/util.h"
 
-
 #define MAX_ROUTES 256
 #define MAX_SEGS 16
 #define DRAIN_LIMIT                                                                                          \
