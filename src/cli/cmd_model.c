@@ -74,7 +74,7 @@ static void usage_info(FILE *f) {
           "missing or malformed (the message names the file and key or tensor).\n"
           "A .gguf file is read the same way (metadata, every tensor checked) and also shows its\n"
           "quantization (file type, tensors per stored type), tokenizer, and the bytes stored and resident\n"
-          "once loaded (weights are widened to f32 at load).\n",
+          "once loaded (matrices are kept as stored, norms and biases widened to f32).\n",
           f);
 }
 

@@ -4,8 +4,8 @@
  * and shape against it), so a file that passes `info` is one the engine loads, and prints what a user needs
  * to choose and size it: architecture and family, parameters, layers and heads, context length, the
  * quantization (llama.cpp's file type and the count of tensors per stored type), the tokenizer the file
- * carries, and what is resident in memory once loaded (today every weight is widened to f32 at load; the
- * stored and resident byte counts are both shown). JSON keys match the model-dir variant where they mean the
+ * carries, and what is resident in memory once loaded (eng_gguf_model_load keeps the matrices as stored,
+ * mmap'd, and widens the vectors, norms and biases, to f32; an all-F32 file is all f32). JSON keys match the model-dir variant where they mean the
  * same thing. */
 #include <jansson.h>
 #include <stdio.h>
@@ -36,6 +36,17 @@ static json_t *types_json(const eng_gguf_summary *s) {
                 o, gguf_type_name(t),
                 json_pack("{s:i,s:I}", "tensors", s->count[t], "bytes", (json_int_t)s->bytes[t]));
     return o;
+}
+
+/* Bytes resident once loaded: matrices as stored, vectors as f32 (as eng_gguf_model_load does). */
+static unsigned long long resident_bytes(const gguf_file *f) {
+    unsigned long long n = 0;
+    for (size_t i = 0; i < gguf_tensor_count(f); i++) {
+        const gguf_tensor *t = gguf_tensor_at(f, i);
+        if (!strcmp(t->name, "rope_freqs.weight")) continue;
+        n += t->ndim == 2 ? (unsigned long long)t->nbytes : (unsigned long long)t->numel * 4;
+    }
+    return n;
 }
 
 int cmd_model_info_gguf(const char *path, int as_json) {
@@ -92,7 +103,8 @@ int cmd_model_info_gguf(const char *path, int as_json) {
         json_object_set_new(o, "tensors", json_integer(s.n_tensors));
         json_object_set_new(o, "weight_bytes", json_integer((json_int_t)s.file_bytes));
         json_object_set_new(o, "resident",
-                            json_pack("{s:s,s:I}", "dtype", "f32", "bytes", (json_int_t)s.f32_bytes));
+                            json_pack("{s:s,s:s,s:I,s:I}", "matrices", "as stored", "vectors", "f32", "bytes",
+                                      (json_int_t)resident_bytes(f), "f32_bytes", (json_int_t)s.f32_bytes));
         json_object_set_new(o, "tie_word_embeddings", json_boolean(c.tie_word_embeddings));
         json_object_set_new(o, "attention_bias", json_boolean(c.attention_bias));
         json_object_set_new(o, "qk_norm", json_boolean(c.qk_norm));
@@ -137,8 +149,9 @@ int cmd_model_info_gguf(const char *path, int as_json) {
             if (s.count[t] && gguf_type_name(t)) printf(" %s x%d", gguf_type_name(t), s.count[t]);
         printf("\nweights       %d tensors, %llu bytes stored\n", s.n_tensors,
                (unsigned long long)s.file_bytes);
-        printf("resident      f32, %llu bytes once loaded (every weight is widened to f32 at load)\n",
-               (unsigned long long)s.f32_bytes);
+        printf("resident      %llu bytes once loaded (matrices as stored, mmap'd; norms and biases f32); "
+               "%llu if widened to f32\n",
+               resident_bytes(f), (unsigned long long)s.f32_bytes);
         printf("tokenizer     %s%s%s, %lld tokens, %lld merges%s\n", tok_model[0] ? tok_model : "(none)",
                tok_pre[0] ? " pre-tokenizer " : "", tok_pre, tokv, nmerges,
                has_template ? ", chat template" : "");

@@ -3,7 +3,7 @@
 With the real SmolLM2-135M-Instruct GGUF symlinked in as smollm2.gguf, `GET /api/v1/training/catalog` lists
 `smollm2` with its family, size, context length and quantization (from the file's metadata), and a short SFT
 job on it completes: the worker opens the file through eng_open / eng_tok_load like a model directory (its log
-says the weights were widened to f32), trains a few LoRA steps and publishes a PEFT adapter.
+says the weights are kept as stored), trains a few LoRA steps and publishes a PEFT adapter.
 """
 
 import os
@@ -72,5 +72,5 @@ def test_sft_job_on_the_gguf_completes(gguf_server):
     assert [c["name"] for c in checkpoints(s, job["id"])][-1] == "final"
     msgs = [l["message"] for l in logs(s, job["id"])]
     assert "base model smollm2 loaded" in msgs and "training completed" in msgs
-    assert "widened to f32" in s.log()
+    assert "GGUF weights kept as stored" in s.log()
     print("\nSFT on smollm2.gguf: train/loss", losses)
