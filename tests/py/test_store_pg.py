@@ -1,19 +1,22 @@
 """`lathe serve` on PostgreSQL itself (`--db postgres://...`), beyond what the suite's PostgreSQL pass covers:
-the database going away under a running server (503 service_unavailable with Retry-After, /readyz 503, no crash,
-recovery by itself once it is back, nothing lost), several servers starting together on one empty database
+the database going away under a running server and workers (503 service_unavailable with Retry-After, /readyz
+503, workers retrying their claims, no crash, recovery by itself once it is back, nothing lost), sessions cut
+by the database (reset and retried), several servers starting together on one empty database
 (migrations and the first-start bootstrap run once), and what one server writes being seen by another at once.
 
 Each test gets a private PostgreSQL server (tests/pg-start.sh) so that it can stop and start it; where
 PostgreSQL cannot start here, the tests are skipped with the reason."""
 
 import itertools
+import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
 import pg
-from conftest import LatheServer, assert_envelope
+from conftest import LATHE_BIN, LatheServer, assert_envelope
 
 _seq = itertools.count()
 
@@ -44,10 +47,15 @@ def _wait(pred, timeout=30, every=0.2):
 def test_outage_is_503_and_the_server_recovers_by_itself(private_pg, tmp_path):
     d, admin = private_pg
     url = _fresh_db(admin)
-    s = LatheServer(tmp_path / "srv", args=["--db", url, "--workers", "0"])
+    # An in-process worker and a standalone `lathe worker` poll the queue through the outage.
+    s = LatheServer(tmp_path / "srv", args=["--db", url, "--workers", "1"])
+    wlog = open(tmp_path / "worker.log", "wb")
+    w = subprocess.Popen([str(LATHE_BIN), "worker", "--db", url, "--data-dir", str(tmp_path / "w")],
+                         stdout=wlog, stderr=subprocess.STDOUT)
     try:
         assert s.get("/readyz").status_code == 200
         assert s.post("/api/v1/orgs", json={"key": "before"}).status_code == 201
+        time.sleep(1)  # the workers are polling
         pg.stop_keep(d)
         # Every request that needs the store fails cleanly while the database is down: 503, never a crash.
         for path in ("/api/v1/user", "/api/v1/orgs"):
@@ -59,6 +67,8 @@ def test_outage_is_503_and_the_server_recovers_by_itself(private_pg, tmp_path):
         assert s.get("/readyz").status_code == 503
         assert s.get("/healthz").status_code == 200  # alive, only not ready
         assert s.proc.poll() is None
+        time.sleep(3)  # long enough for both workers to poll the queue while the store is down
+        assert s.proc.poll() is None and w.poll() is None
         pg.start_again(d)
         # Back by itself: the per-thread connections are reset on their next use.
         assert _wait(lambda: s.get("/readyz").status_code == 200), s.log()[-2000:]
@@ -66,7 +76,15 @@ def test_outage_is_503_and_the_server_recovers_by_itself(private_pg, tmp_path):
         assert s.post("/api/v1/orgs", json={"key": "after"}).status_code == 201
         keys = [o["key"] for o in s.get("/api/v1/orgs").json()["items"]]
         assert "before" in keys and "after" in keys and "during" not in keys
+        assert w.poll() is None, (tmp_path / "worker.log").read_text()
+        assert "cannot claim a job (will retry)" in (tmp_path / "worker.log").read_text()
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()
     finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+        wlog.close()
         assert s.stop() == 0, s.log()[-3000:]
 
 
