@@ -55,10 +55,10 @@ $(BUILD)/liblathe.a: $(OBJ) $(CU_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-# --whole-archive: the route groups (api/server.c) and `model logprobs|sample` (cli/cmd_model.c) are still weak
-# references, and a weak reference alone does not pull a member out of a static library. The subcommands,
-# the migration areas and cmd_train_local are strong. Drop this (link $(BUILD)/liblathe.a plainly, as the unit
-# tests do) once `make lint` finds no `#pragma weak` left.
+# --whole-archive: `model logprobs|sample` (cli/cmd_model.c) are still weak references, and a weak reference
+# alone does not pull a member out of a static library. The subcommands, route groups, migration areas and
+# cmd_train_local are strong. Drop this (link $(BUILD)/liblathe.a plainly, as the unit tests do) once
+# `make lint` finds no `#pragma weak` left.
 WHOLE = -Wl,--whole-archive $(1) -Wl,--no-whole-archive
 
 $(BUILD)/lathe: $(BUILD)/obj/src/cli/main.o $(BUILD)/liblathe.a
