@@ -733,6 +733,65 @@ static void test_file_modes(void **state) {
     db_close(d2);
 }
 
+/* Has PostgreSQL end the session of this thread's connection on f->d, and waits until it is gone. */
+static void kill_my_session(fx *f) {
+    lt_err err = {0};
+    db_stmt *s = db_query(f->d, &err, "SELECT pg_backend_pid()", "");
+    assert_int_equal(db_step(s, &err), DB_ROW);
+    int64_t pid = db_column_int64(s, 0);
+    db_finalize(s);
+    db *admin = db_open(test_store_pg(), &err);
+    assert_non_null(admin);
+    s = db_query(admin, &err, "SELECT pg_terminate_backend(CAST(? AS INTEGER))", "i", pid);
+    assert_int_equal(db_step(s, &err), DB_ROW);
+    assert_int_equal(db_column_int64(s, 0), 1);
+    db_finalize(s);
+    for (int i = 0; i < 500; i++) {
+        s = db_query(admin, &err, "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = CAST(? AS INTEGER)", "i",
+                     pid);
+        assert_int_equal(db_step(s, &err), DB_ROW);
+        int64_t n = db_column_int64(s, 0);
+        db_finalize(s);
+        if (n == 0) break;
+        usleep(10000);
+    }
+    db_close(admin);
+}
+
+/* PostgreSQL ends the session (a failover, an idle-session killer, a restart): outside a transaction the
+ * statement is retried on a new connection; inside one the transaction is lost (503) and, once rolled back,
+ * the handle works again. */
+static void test_connection_lost(void **state) {
+    fx *f = *state;
+    if (!test_store_pg()) skip(); /* SQLite has no connection to lose */
+    lt_err err = {0};
+    assert_int_equal(db_exec(f->d, "CREATE TABLE cl (n INTEGER)", &err), 0);
+    kill_my_session(f);
+    assert_int_equal(db_run(f->d, &err, "INSERT INTO cl VALUES (1)", ""), 1); /* retried */
+    assert_int_equal(db_ping(f->d, &err), 0);
+    assert_int_equal(db_begin_immediate(f->d, &err), 0);
+    assert_int_equal(db_run(f->d, &err, "INSERT INTO cl VALUES (2)", ""), 1);
+    kill_my_session(f);
+    err = (lt_err){0};
+    assert_int_equal(db_run(f->d, &err, "INSERT INTO cl VALUES (3)", ""), -1);
+    assert_int_equal(err.code, 503);
+    err = (lt_err){0};
+    assert_int_equal(db_run(f->d, &err, "INSERT INTO cl VALUES (4)", ""), -1); /* still the lost one */
+    assert_int_equal(err.code, 503);
+    assert_int_equal(db_commit(f->d, &err), -1);
+    assert_false(db_in_transaction(f->d));
+    db_stmt *s = db_query(f->d, &err, "SELECT COUNT(*), SUM(n) FROM cl", "");
+    assert_int_equal(db_step(s, &err), DB_ROW);
+    assert_int_equal(db_column_int64(s, 0), 1); /* only the autocommit row: 2 died with its transaction */
+    assert_int_equal(db_column_int64(s, 1), 1);
+    db_finalize(s);
+    /* A session lost between transactions: BEGIN itself is retried. */
+    kill_my_session(f);
+    assert_int_equal(db_begin_immediate(f->d, &err), 0);
+    assert_int_equal(db_run(f->d, &err, "INSERT INTO cl VALUES (5)", ""), 1);
+    assert_int_equal(db_commit(f->d, &err), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_urls),
@@ -750,6 +809,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_idempotency_per_key, setup, teardown),
         cmocka_unit_test(test_idempotency_migration_drops_old_records),
         cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connection_lost, setup, teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
