@@ -350,8 +350,7 @@ static void tile_bf16(const eng_wmat *w, int r0, int n, uint16_t *buf, float *fb
     for (int i = 0; i < n; i++) {
         float *f = fbuf + (size_t)omp_get_thread_num() * K;
         deq_range(w, r0 + i, 0, K, f);
-        for (int c = 0; c < K; c++)
-            buf[(size_t)i * K + c] = st_f32_to_bf16(f[c]);
+        eng_bf16_from_f32(f, buf + (size_t)i * K, (size_t)K); /* vectorized, same rounding */
     }
 }
 #endif
