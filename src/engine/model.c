@@ -475,6 +475,9 @@ static int st_has_half(const st_reader *r) {
 }
 
 eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err) {
+    const char *wv =
+        getenv("LATHE_WEIGHTS"); /* "f32": widen everything, the pre-wmat behaviour (benchmarks) */
+    if (wv && !strcmp(wv, "f32")) return eng_model_load_f32(dir, k, err);
     if (eng_path_is_gguf(dir)) return eng_gguf_model_load(dir, k, err);
     eng_config cfg;
     if (eng_config_load(dir, &cfg, err) != 0) return NULL;

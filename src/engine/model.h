@@ -150,7 +150,8 @@ eng_model *eng_model_new_stored(const eng_config *cfg, const eng_kernels *k, int
 /* Loads DIR (config.json + model.safetensors or a sharded index). F32 tensors are copied into the f32 base;
  * BF16/F16 matrices stay as stored in the mmap'd files (norms and biases are widened); load_note says what is
  * resident. A path ending in .gguf is read as a GGUF file instead (gguf_model.h: tensors kept as stored).
- * eng_model_load_f32 widens every weight to f32 (the reference the stored kernels are tested against). */
+ * eng_model_load_f32 widens every weight to f32 (the reference the stored kernels are tested against);
+ * eng_model_load does the same when the environment says LATHE_WEIGHTS=f32 (for before/after benchmarks). */
 eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err);
 eng_model *eng_model_load_f32(const char *dir, const eng_kernels *k, lt_err *err);
 void eng_model_free(eng_model *m); /* NULL is fine */

@@ -340,12 +340,74 @@ static void test_new_stored_refusals(void **state) {
     assert_int_equal(err.code, 400);
 }
 
+/* The real SmolLM2-135M-Instruct Q4_1 GGUF (Q4_1 linears, Q8_0 tied embedding): kept as stored it gives
+ * the log-probs and greedy continuation of the same file widened to f32. Skipped when the file is absent. */
+static void test_smollm2_stored_equals_widened(void **state) {
+    (void)state;
+    char path[1024];
+    const char *env = getenv("LATHE_SMOLLM2"), *home = getenv("HOME");
+    if (env)
+        snprintf(path, sizeof path, "%s", env);
+    else
+        snprintf(path, sizeof path, "%s/.cache/lathe/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 home ? home : "");
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        fprintf(stderr, "skipped: %s is missing (scripts/smollm2-path fetches it)\n", path);
+        skip();
+    }
+    fclose(fp);
+    lt_err err;
+    lt_err_clear(&err);
+    eng_model *q = eng_model_load(path, eng_kernels_cpu(), &err);
+    assert_non_null(q);
+    assert_true(q->wtype < 0);
+    assert_int_equal(q->layers[0].Wq.type, GGUF_Q4_1);
+    assert_int_equal(q->Wte.type, GGUF_Q8_0);
+    assert_non_null(strstr(q->load_note, "kept as stored"));
+    assert_true(eng_model_base_bytes(q) < 110 * 1000 * 1000);
+    eng_model *f = eng_model_load_f32(path, eng_kernels_cpu(), &err);
+    assert_non_null(f);
+    enum { T = 24 };
+    int tok[T], tg[T];
+    uint64_t s = 3;
+    for (int i = 0; i < T; i++)
+        tok[i] = (int)(eng_rng_next(&s) % 49152);
+    for (int i = 0; i < T; i++)
+        tg[i] = i + 1 < T ? tok[i + 1] : -1;
+    float lq[T], lf[T], eq[T], ef[T];
+    assert_false(isnan(eng_model_step(q, tok, tg, 1, T, NULL, NULL, lq, eq, 0, &err)));
+    assert_false(isnan(eng_model_step(f, tok, tg, 1, T, NULL, NULL, lf, ef, 0, &err)));
+    double worst = 0;
+    for (int i = 0; i < T - 1; i++) {
+        double r = fabs((double)lq[i] - lf[i]) / (fabs((double)lf[i]) > 1 ? fabs((double)lf[i]) : 1);
+        double re = fabs((double)eq[i] - ef[i]) / (fabs((double)ef[i]) > 1 ? fabs((double)ef[i]) : 1);
+        worst = r > worst ? r : worst;
+        worst = re > worst ? re : worst;
+    }
+    fprintf(stderr, "SmolLM2 stored vs widened: worst relative log-prob/entropy difference %.3g\n", worst);
+    assert_true(worst <= 1e-4);
+    eng_sample_params sp;
+    eng_sample_params_default(&sp);
+    sp.temperature = 0, sp.max_tokens = 8;
+    eng_sample_result rq, rf;
+    assert_int_equal(eng_sample(q, tok, 8, &sp, NULL, &rq, &err), 0);
+    assert_int_equal(eng_sample(f, tok, 8, &sp, NULL, &rf, &err), 0);
+    assert_int_equal(rq.seqs[0].n, rf.seqs[0].n);
+    for (int i = 0; i < rf.seqs[0].n; i++)
+        assert_int_equal(rq.seqs[0].tokens[i], rf.seqs[0].tokens[i]);
+    eng_sample_result_free(&rq), eng_sample_result_free(&rf);
+    eng_model_free(q);
+    eng_model_free(f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_refusals),
         cmocka_unit_test(test_kernels_every_type),
         cmocka_unit_test(test_model_stored_equals_widened),
         cmocka_unit_test(test_new_stored_refusals),
+        cmocka_unit_test(test_smollm2_stored_equals_widened),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
