@@ -50,9 +50,22 @@
 #define OID_FLOAT8 701
 #define OID_BYTEA 17
 
+/* A server-side prepared statement of this connection, named "lt<id>", keyed by its translated SQL text. */
+typedef struct pg_prep {
+    char *sql; /* NULL = free slot */
+    uint64_t hash;
+    uint64_t last_used;
+    int id;
+} pg_prep;
+
+#define PG_CACHE_SLOTS 128
+
 typedef struct pg_conn {
     PGconn *pc;
     int in_tx; /* a transaction was begun and not yet ended by COMMIT/ROLLBACK through exec */
+    pg_prep cache[PG_CACHE_SLOTS];
+    uint64_t clock;
+    int next_id;
 } pg_conn;
 
 typedef struct pg_param {
@@ -76,6 +89,100 @@ typedef struct pg_stmt {
 static void pg_quiet(void *arg, const char *msg) {
     (void)arg;
     (void)msg;
+}
+
+/* ---- prepared statement cache ----
+ *
+ * Parsing and planning each statement again costs about as much as running the simple ones, and the store
+ * runs the same few dozen texts over and over. So a connection keeps up to PG_CACHE_SLOTS server-side
+ * prepared statements; the least recently used one is deallocated to make room (outside a failed
+ * transaction, where the server refuses everything but ROLLBACK: then the statement runs unprepared).
+ * Parameter types are those of the first use (every call site binds the same types each time). A reset
+ * connection has lost its prepared statements: the cache is emptied with it. */
+
+static uint64_t pg_hash(const char *t) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *t; t++)
+        h = (h ^ (unsigned char)*t) * 1099511628211ull;
+    return h;
+}
+
+static void cache_clear(pg_conn *c) {
+    for (int i = 0; i < PG_CACHE_SLOTS; i++) {
+        free(c->cache[i].sql);
+        c->cache[i].sql = NULL;
+    }
+}
+
+static void conn_reset(pg_conn *c) {
+    cache_clear(c);
+    PQreset(c->pc);
+}
+
+/* Forgets (and deallocates on the server) the cached statement for sql, if any. */
+static void cache_drop(pg_conn *c, const char *sql) {
+    uint64_t h = pg_hash(sql);
+    for (int i = 0; i < PG_CACHE_SLOTS; i++) {
+        pg_prep *e = &c->cache[i];
+        if (e->sql && e->hash == h && !strcmp(e->sql, sql)) {
+            char cmd[48];
+            snprintf(cmd, sizeof cmd, "DEALLOCATE lt%d", e->id);
+            PQclear(PQexec(c->pc, cmd));
+            free(e->sql);
+            e->sql = NULL;
+        }
+    }
+}
+
+/* The name of the prepared statement for sql (preparing it now), or "" to run it unprepared. NULL with err
+ * (and *res, the failed result, for the caller's error handling) when preparing failed. */
+static const char *cache_get(pg_conn *c, const char *sql, int np, const unsigned *types, char name[16],
+                             PGresult **res) {
+    uint64_t h = pg_hash(sql);
+    int free_slot = -1, lru = -1;
+    *res = NULL;
+    for (int i = 0; i < PG_CACHE_SLOTS; i++) {
+        pg_prep *e = &c->cache[i];
+        if (!e->sql) {
+            if (free_slot < 0) free_slot = i;
+            continue;
+        }
+        if (e->hash == h && !strcmp(e->sql, sql)) {
+            e->last_used = ++c->clock;
+            snprintf(name, 16, "lt%d", e->id);
+            return name;
+        }
+        if (lru < 0 || e->last_used < c->cache[lru].last_used) lru = i;
+    }
+    if (PQtransactionStatus(c->pc) == PQTRANS_INERROR) return "";
+    int slot = free_slot;
+    if (slot < 0) {
+        slot = lru;
+        char cmd[48];
+        snprintf(cmd, sizeof cmd, "DEALLOCATE lt%d", c->cache[slot].id);
+        PGresult *r = PQexec(c->pc, cmd);
+        int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        free(c->cache[slot].sql);
+        c->cache[slot].sql = NULL;
+        if (!ok) return "";
+    }
+    char *copy = strdup(sql);
+    if (!copy) return "";
+    int id = ++c->next_id;
+    snprintf(name, 16, "lt%d", id);
+    Oid otypes[np ? np : 1];
+    for (int i = 0; i < np; i++)
+        otypes[i] = types[i];
+    PGresult *r = PQprepare(c->pc, name, sql, np, otypes);
+    if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        free(copy);
+        *res = r;
+        return NULL;
+    }
+    PQclear(r);
+    c->cache[slot] = (pg_prep){.sql = copy, .hash = h, .last_used = ++c->clock, .id = id};
+    return name;
 }
 
 /* ---- errors ---- */
@@ -122,7 +229,7 @@ static int ensure_conn(pg_conn *c, lt_err *err) {
             err, 503,
             "store (postgres): the connection was lost inside a transaction; it was rolled back, "
             "retry the request");
-    PQreset(c->pc);
+    conn_reset(c);
     if (PQstatus(c->pc) == CONNECTION_OK) return 0;
     char msg[600];
     snprintf(msg, sizeof msg, "%s", PQerrorMessage(c->pc));
@@ -229,6 +336,7 @@ static void *pg_connect(const char *target, int create, lt_err *err) {
 
 static void pg_disconnect(void *conn) {
     pg_conn *c = conn;
+    cache_clear(c);
     PQfinish(c->pc);
     free(c);
 }
@@ -248,7 +356,7 @@ static int pg_exec_as(pg_conn *c, const char *sql, const char *what, lt_err *err
         int lost = conn_lost(c, r);
         if (lost && !was_tx && attempt == 0) {
             PQclear(r);
-            PQreset(c->pc);
+            conn_reset(c);
             continue;
         }
         pg_fail(c, r, err, what);
@@ -262,7 +370,7 @@ static int pg_exec(void *conn, const char *sql, lt_err *err) {
     if (!strcmp(sql, "ROLLBACK")) {
         c->in_tx = 0;
         if (PQstatus(c->pc) != CONNECTION_OK) { /* the transaction died with the connection */
-            PQreset(c->pc);
+            conn_reset(c);
             return 0;
         }
         return pg_exec_as(c, sql, "rollback", err);
@@ -376,18 +484,35 @@ static int pg_run(pg_stmt *s, lt_err *err) {
     int np = s->nparams;
     const char *vals[np ? np : 1];
     int lens[np ? np : 1], fmts[np ? np : 1];
-    Oid types[np ? np : 1];
+    unsigned types[np ? np : 1];
+    Oid otypes[np ? np : 1];
     for (int i = 0; i < np; i++) {
         vals[i] = s->params[i].val;
         lens[i] = s->params[i].len;
         fmts[i] = s->params[i].fmt;
-        types[i] = s->params[i].type;
+        otypes[i] = types[i] = s->params[i].type;
     }
+    int unprepared = 0;
     for (int attempt = 0;; attempt++) {
         if (ensure_conn(s->c, err) != 0) return DB_ERROR;
         int was_tx = s->c->in_tx;
-        PGresult *r = PQexecParams(s->c->pc, s->sql, np, types, vals, lens, fmts, 0);
+        char name[16];
+        PGresult *r = NULL;
+        const char *pn = unprepared ? "" : cache_get(s->c, s->sql, np, types, name, &r);
+        if (pn && *pn)
+            r = PQexecPrepared(s->c->pc, pn, np, vals, lens, fmts, 0);
+        else if (pn)
+            r = PQexecParams(s->c->pc, s->sql, np, otypes, vals, lens, fmts, 0);
         ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+        const char *code = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+        if (pn && *pn && code && !strcmp(code, "0A000") && !was_tx && !unprepared) {
+            /* "cached plan must not change result type": the table changed under the prepared statement */
+            PQclear(r);
+            cache_drop(s->c, s->sql);
+            unprepared = 1;
+            attempt--;
+            continue;
+        }
         if (st == PGRES_TUPLES_OK) {
             s->res = r;
             s->nrows = PQntuples(r);
@@ -405,7 +530,7 @@ static int pg_run(pg_stmt *s, lt_err *err) {
         }
         if (conn_lost(s->c, r) && !was_tx && attempt == 0) {
             PQclear(r);
-            PQreset(s->c->pc);
+            conn_reset(s->c);
             continue;
         }
         pg_fail(s->c, r, err, "step");
