@@ -9,9 +9,10 @@
  * in parameterless DDL run through exec (the migrations) the column type INTEGER becomes BIGINT, because
  * SQLite's INTEGER is 64 bits and the migrations keep ms timestamps and byte sizes in INTEGER columns.
  *
- * Statements. A prepared statement is the translated text plus its bindings; the first db_step runs it
- * (PQexecParams: text parameters of unknown type, so the server infers them from the query, except int64
- * as int8, doubles as float8 and blobs as binary bytea) and later steps walk the rows of the result.
+ * Statements. A db_stmt is the translated text plus its bindings; the first db_step runs it (as a server-side
+ * prepared statement from the connection's cache, see below, else PQexecParams: text parameters of unknown
+ * type, so the server infers them from the query, except int64 as int8, doubles as float8 and blobs as binary
+ * bytea) and later steps walk the rows of the result, which libpq holds whole.
  * Results come as text: integers are parsed from it, a boolean ('t'/'f') reads as 1/0, bytea is unescaped.
  *
  * Transactions. begin_immediate is BEGIN plus a transaction-scoped advisory lock that every write
