@@ -25,8 +25,8 @@
  * columns (packed B at most ~1 MiB, so it stays in L2) the panels are packed with an omp for and the 32 x 32
  * tiles of C are shared out statically, rows outer (a thread's A block stays in L1 while it walks B). Each
  * tile is computed into a local 32 x 32 buffer and added to or stored into C (masked at the edges), so
- * padding never reaches C. The avx2 path calls cblas_sgemm outside any region (OpenBLAS is the OpenMP build
- * and uses the same pool). */
+ * padding never reaches C. Reductions longer than GB_RBLOCK run as blocks that accumulate. The avx2 path
+ * calls cblas_sgemm outside any region (OpenBLAS is the OpenMP build and uses the same pool). */
 #include "engine/gemm_bf16.h"
 
 #include "engine/wmat.h"
@@ -536,6 +536,7 @@ static void tile_generic(const uint16_t *a, int Rp, const uint16_t *p0, const ui
 /* ---- drivers ---- */
 
 #define GB_CHUNK_BYTES (1u << 20) /* packed B per column chunk */
+#define GB_RBLOCK 2048            /* reduction block: packed A at most M x 2048 bf16 */
 
 static void run_packed(gb_job *j, int path) {
     const int Rp = j->Rp, Mp = j->Mp;
@@ -739,10 +740,22 @@ static void gemm(gb_job *j) {
     j->Mp = up32(j->M);
     j->Rp = up32(j->R);
 #if GB_X86
-    if (path == P_AVX2 && run_avx2(j) == 0) return;
     if (path >= P_AVX512 && j->M <= GB_SMALL_M && run_small(j) == 0) return;
 #endif
-    run_packed(j, path == P_AVX2 ? P_GENERIC : path);
+    /* A long reduction (the head's dX: R = vocab) is cut into blocks so that packed A stays in cache and the
+     * column chunks of B stay wide; blocks after the first accumulate. */
+    for (int r0 = 0; r0 < j->R; r0 += GB_RBLOCK) {
+        gb_job s = *j;
+        s.R = j->R - r0 < GB_RBLOCK ? j->R - r0 : GB_RBLOCK;
+        s.Rp = up32(s.R);
+        s.A = j->A + r0;
+        s.B = j->op == 0 ? j->B + r0 : j->B + (size_t)r0 * j->ldb;
+        s.acc = j->acc || r0 > 0;
+#if GB_X86
+        if (path == P_AVX2 && run_avx2(&s) == 0) continue;
+#endif
+        run_packed(&s, path == P_AVX2 ? P_GENERIC : path);
+    }
 }
 
 void eng_gemm_bf16_nt(int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float *C,

@@ -363,8 +363,9 @@ static void gemm_tiled(const eng_wmat *w, int N, const float *A, int lda, float 
         const int stored = w->type == GGUF_BF16 && ((uintptr_t)w->data & 1) == 0;
         uint16_t *tb = stored ? NULL : malloc((size_t)TR * K * sizeof(uint16_t));
         float *fb = stored ? NULL : malloc((size_t)omp_get_max_threads() * K * sizeof(float));
-        for (int r0 = 0; r0 < R; r0 += TR) {
-            const int n = R - r0 < TR ? R - r0 : TR;
+        const int step = stored ? R : TR; /* stored bf16: one call, gemm_bf16 blocks it itself */
+        for (int r0 = 0; r0 < R; r0 += step) {
+            const int n = R - r0 < step ? R - r0 : step;
             const uint16_t *B = stored ? (const uint16_t *)(const void *)row_ptr(w, r0) : tb;
             if (!stored) tile_bf16(w, r0, n, tb, fb);
             if (!nn)

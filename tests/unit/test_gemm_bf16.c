@@ -8,8 +8,9 @@
  * 2 u |c0|. A kernel that rounded A by truncation instead of to nearest even would be off by up to 2^-8 of
  * |a b| per term, far outside that bound for the K used here (<= 1100: bound ~ 1.3e-4 relative). Two paths
  * must agree within the sum of their bounds. Sizes are odd on purpose (M = 1, 3, 17, 130; N and K not
- * multiples of 16 or 32; M <= 8 takes the unpacked few-rows kernels), with leading dimensions larger than the
- * rows, both accumulate modes, and sentinels in the stride gaps of C that must stay untouched. */
+ * multiples of 16 or 32; M <= 8 takes the unpacked few-rows kernels; reductions of 2100 cross the 2048
+ * block), with leading dimensions larger than the rows, both accumulate modes, and sentinels in the stride
+ * gaps of C that must stay untouched. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -75,8 +76,9 @@ typedef struct {
     int M, N, K;
 } shape;
 
-static const shape SHAPES[] = {{1, 45, 71},    {3, 17, 33}, {17, 130, 1}, {17, 33, 130}, {130, 77, 1100},
-                               {130, 200, 47}, {3, 1, 5},   {33, 65, 96}, {8, 70, 40},   {9, 31, 65}};
+static const shape SHAPES[] = {{1, 45, 71},     {3, 17, 33},    {17, 130, 1},   {17, 33, 130},
+                               {130, 77, 1100}, {130, 200, 47}, {3, 1, 5},      {33, 65, 96},
+                               {8, 70, 40},     {9, 31, 65},    {17, 40, 2100}, {17, 2100, 40}};
 #define NSHAPES (int)(sizeof SHAPES / sizeof SHAPES[0])
 #define SENT 12345.0f
 
