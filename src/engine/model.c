@@ -809,11 +809,12 @@ static scratch_t point_scratch(eng_model *m, size_t N) {
     return s;
 }
 
-/* A matrix stored f32 runs the kernel table's linear exactly as before; any other storage goes through the
- * wmat kernels (dequantized per tile, or on the fly for a few rows). */
+/* A matrix stored f32 runs the kernel table's linear exactly as before (compute f32); any other storage, and
+ * every matrix under compute bf16, goes through the wmat kernels (dequantized per tile, or on the fly for a
+ * few rows; bf16 tiles into gemm_bf16 under compute bf16). */
 static void lin_fwd(eng_model *m, float *out, const float *inp, const float *W, const eng_wmat *Wm,
                     const float *bias, int N, int I, int O) {
-    if (W)
+    if (W && m->compute == ENG_COMPUTE_F32)
         m->k->linear_forward(out, inp, W, bias, N, I, O);
     else
         eng_wmat_linear_forward(out, inp, Wm, bias, N, m->compute);
@@ -821,7 +822,7 @@ static void lin_fwd(eng_model *m, float *out, const float *inp, const float *W, 
 
 static void lin_bwd(eng_model *m, float *dinp, const float *dout, const float *W, const eng_wmat *Wm, int N,
                     int I, int O) {
-    if (W)
+    if (W && m->compute == ENG_COMPUTE_F32)
         m->k->linear_backward(dinp, dout, W, N, I, O);
     else
         eng_wmat_linear_backward(dinp, dout, Wm, N, m->compute);
@@ -1017,23 +1018,23 @@ double eng_model_step(eng_model *m, const int *tokens, const int *targets, int B
     float *lp = logp ? logp : s.dqpre; /* dqpre is free until backward and holds >= N floats */
     if (backward) memset(s.dln, 0, (size_t)N * C * sizeof(float));
     double loss;
+    /* f32 head under compute f32: the f32 kernels as before; otherwise the stored head (wmat) */
+    const float *hw = m->compute == ENG_COMPUTE_F32 ? m->head : NULL;
     const eng_lora_slot *hl = &m->head_lora;
     if (hl->A) {
         float *gA = backward ? eng_model_grad_of(m, hl->A) : NULL,
               *gB = backward ? eng_model_grad_of(m, hl->B) : NULL;
         PROF(m, ENG_PH_HEAD,
-             loss = k->head_loss_w(lp, backward ? s.dln : NULL, entropy, m->lnf, m->head, hl->A, hl->B,
-                                   m->scale, m->lora.rank, gA, gB, targ, N, C, m->V, m->head_chunk,
-                                   loss_fn ? loss_fn : no_loss, ctx, s.head, m->head ? NULL : &m->Whead,
-                                   m->compute));
+             loss = k->head_loss_w(lp, backward ? s.dln : NULL, entropy, m->lnf, hw, hl->A, hl->B, m->scale,
+                                   m->lora.rank, gA, gB, targ, N, C, m->V, m->head_chunk,
+                                   loss_fn ? loss_fn : no_loss, ctx, s.head, &m->Whead, m->compute));
     } else {
         PROF(m, ENG_PH_HEAD,
-             loss = m->head
-                        ? k->head_loss(lp, backward ? s.dln : NULL, entropy, m->lnf, m->head, targ, N, C,
-                                       m->V, m->head_chunk, loss_fn ? loss_fn : no_loss, ctx, s.head)
-                        : k->head_loss_w(lp, backward ? s.dln : NULL, entropy, m->lnf, NULL, NULL, NULL, 0.0f,
-                                         0, NULL, NULL, targ, N, C, m->V, m->head_chunk,
-                                         loss_fn ? loss_fn : no_loss, ctx, s.head, &m->Whead, m->compute));
+             loss = hw ? k->head_loss(lp, backward ? s.dln : NULL, entropy, m->lnf, hw, targ, N, C, m->V,
+                                      m->head_chunk, loss_fn ? loss_fn : no_loss, ctx, s.head)
+                       : k->head_loss_w(lp, backward ? s.dln : NULL, entropy, m->lnf, NULL, NULL, NULL, 0.0f,
+                                        0, NULL, NULL, targ, N, C, m->V, m->head_chunk,
+                                        loss_fn ? loss_fn : no_loss, ctx, s.head, &m->Whead, m->compute));
     }
     free(tg);
     if (!backward) return loss;

@@ -406,7 +406,7 @@ static void gemm_tiled(const eng_wmat *w, int N, const float *A, int lda, float 
 void eng_wmat_nt(const eng_wmat *w, int N, const float *A, int lda, float *C, int ldc, int accumulate,
                  int compute) {
     if (N <= 0 || w->rows <= 0) return;
-    if (N <= ENG_WMAT_GEMV_MAX && compute == ENG_COMPUTE_F32)
+    if (N <= ENG_WMAT_GEMV_MAX)
         gemv_nt(w, N, A, lda, C, ldc, accumulate);
     else
         gemm_tiled(w, N, A, lda, C, ldc, accumulate, 0, compute);
@@ -421,7 +421,7 @@ void eng_wmat_nn(const eng_wmat *w, int N, const float *A, int lda, float *C, in
                 memset(C + (size_t)n * ldc, 0, (size_t)w->cols * sizeof(float));
         return;
     }
-    if (N <= ENG_WMAT_GEMV_MAX && compute == ENG_COMPUTE_F32)
+    if (N <= ENG_WMAT_GEMV_MAX)
         gemv_nn(w, N, A, lda, C, ldc, accumulate);
     else
         gemm_tiled(w, N, A, lda, C, ldc, accumulate, 1, compute);

@@ -13,8 +13,9 @@
  * with the N input rows: the bytes read are the stored bytes. Above that, W is walked in tiles of rows (64 to
  * 256, at most about 1 MiB of f32): a tile is dequantized into a scratch buffer (OpenMP over its rows) and
  * goes to cblas_sgemm, so the GEMM runs at SGEMM speed and only one tile of f32 exists at a time. F32 storage
- * goes to cblas_sgemm directly. With compute ENG_COMPUTE_BF16 the tile is converted to bf16 instead and goes
- * to the bf16 GEMM of gemm_bf16.h when that module is in the tree (until then, f32).
+ * goes to cblas_sgemm directly. With compute ENG_COMPUTE_BF16 the tile is converted to bf16 instead (used in
+ * place when stored BF16) and goes to the bf16 GEMM of gemm_bf16.h; the GEMV (a few rows: decoding, bound by
+ * the bytes read, not by arithmetic) multiplies the stored values in f32 under either mode.
  *
  * Numerics: every dequantized value equals gguf_dequantize's (ggml's dequantize_row_*) up to the rounding of
  * one fused multiply-add (Q4_1: q d + m), so results equal "dequantize the whole matrix, then sgemm" within

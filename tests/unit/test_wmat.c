@@ -7,7 +7,9 @@
  * type is covered at odd shapes: rows not a multiple of the tile (37, 300), N = 1, 3, 5, 17 (GEMV passes of
  * four rows, and the tiled GEMM above ENG_WMAT_GEMV_MAX), with and without accumulation. The quantized
  * types without a reference quantizer (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) get random block bytes with
- * sane f16 scales: the kernels must agree with the dequantizer on any bit pattern.
+ * sane f16 scales: the kernels must agree with the dequantizer on any bit pattern. Under compute bf16 (the
+ * tiled GEMM through gemm_bf16.h, N = 17) the tolerance is 8e-3 * sum |a w|: both factors are rounded to
+ * bf16 (relative error up to 2^-9 each) before the f32 products.
  *
  * Models: a random model made in BF16 / F16 / Q8_0 storage gives the same log-probs, loss and LoRA
  * gradients as the same weights widened into an f32 model (within 1e-4 relative), prefill and decode
@@ -88,10 +90,12 @@ static const int TYPES[] = {GGUF_F32,  GGUF_BF16, GGUF_F16,  GGUF_Q8_0, GGUF_Q4_
 #define NTYPES ((int)(sizeof TYPES / sizeof TYPES[0]))
 
 /* Checks y against ref (double) with the tolerance of the top comment; abs_sum holds sum |a w|. */
+static double rel_tol = 1e-5;
+
 static void check_close(const float *y, const double *ref, const double *abs_sum, size_t n, const char *what,
                         int type) {
     for (size_t i = 0; i < n; i++) {
-        double tol = 1e-5 * abs_sum[i] + 1e-7;
+        double tol = rel_tol * abs_sum[i] + 1e-7;
         if (fabs((double)y[i] - ref[i]) > tol) {
             fprintf(stderr, "%s %s: element %zu: %.9g vs %.9g (tol %.3g)\n", what, gguf_type_name(type), i,
                     (double)y[i], ref[i], tol);
@@ -132,6 +136,13 @@ static void run_shape(int type, int rows, int cols, int N) {
             }
             ref[(size_t)n * rows + r] = s, as[(size_t)n * rows + r] = a;
         }
+    if (N > ENG_WMAT_GEMV_MAX) {
+        /* compute bf16: A and the tile rounded to bf16 (relative 2^-9 each), f32 sums: 8e-3 of sum |a w| */
+        rel_tol = 8e-3;
+        eng_wmat_nt(&w, N, A, cols, C, rows, 0, ENG_COMPUTE_BF16);
+        check_close(C, ref, as, (size_t)N * rows, "nt bf16", type);
+        rel_tol = 1e-5;
+    }
     eng_wmat_nt(&w, N, A, cols, C, rows, 0, ENG_COMPUTE_F32);
     check_close(C, ref, as, (size_t)N * rows, "nt", type);
     for (size_t i = 0; i < (size_t)N * rows; i++)
@@ -150,6 +161,12 @@ static void run_shape(int type, int rows, int cols, int N) {
             }
             ref[(size_t)n * cols + c] = s, as[(size_t)n * cols + c] = a;
         }
+    if (N > ENG_WMAT_GEMV_MAX) {
+        rel_tol = 8e-3;
+        eng_wmat_nn(&w, N, A, rows, D, cols, 0, ENG_COMPUTE_BF16);
+        check_close(D, ref, as, (size_t)N * cols, "nn bf16", type);
+        rel_tol = 1e-5;
+    }
     eng_wmat_nn(&w, N, A, rows, D, cols, 0, ENG_COMPUTE_F32);
     check_close(D, ref, as, (size_t)N * cols, "nn", type);
     for (size_t i = 0; i < (size_t)N * cols; i++)
