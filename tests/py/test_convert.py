@@ -16,12 +16,12 @@ llama.cpp runs with an f32 KV cache, so what differs is the weight type and how 
   f32 GGUF: f32 arithmetic, only summation order differs: max 2e-3, mean 5e-4 (measured 2.8e-5 / 1.1e-5:
     the merge and the conversion are exact; the adapter moves the log-probs by 0.7-1.4).
   f16 GGUF: weights rounded to f16 (relative 2^-11) and llama.cpp's CPU f16 matmul rounds the activations to
-    f16 as well, through 30 layers: max 0.05, mean 0.01 (measured 7.7e-3 / 2.3e-3).
+    f16 as well, through 30 layers: max 0.05, mean 0.01 (measured 7.7e-3-1.0e-2 / 2.1e-3-2.3e-3).
   q8_0 GGUF: two effects of similar size, both printed. Re-quantizing the merged (Q4_1-derived) weights to
     8 bits per 32-block moves lathe's own log-probs on the file by up to 0.46 (mean 0.062), and llama.cpp
     multiplies q8_0 weights by activations it quantizes to q8_0 too, which adds up to 0.49 (mean 0.064) over
     lathe on the same file; for scale, llama.cpp on the ORIGINAL Q4_1 file is off lathe/transformers by up to
-    0.29 (mean 0.069) on this prompt. Bounds: max 1.5, mean 0.2 (measured 0.95 / 0.11).
+    0.29 (mean 0.069) on this prompt. Bounds: max 1.5, mean 0.2 (measured 0.70-0.95 / 0.11).
 The measured numbers are printed (pytest -s).
 """
 
