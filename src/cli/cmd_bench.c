@@ -43,7 +43,7 @@ static void usage(FILE *f) {
         "B]\n"
         "                                    [--seq T] [--steps N] [--threads N] [--peer llama.cpp] "
         "[--json]\n"
-        "                                    [--compute f32|bf16]\n\n"
+        "                                    [--compute f32|bf16] [--weights f32|bf16]\n\n"
         "  gemm    measured SGEMM and bf16-GEMM GFLOP/s at the thread count (the practical peaks; the bf16\n"
         "          path that ran: amx, avx512bf16 or avx2, LATHE_BF16_PATH forces one)\n"
         "  train   tokens/s, ms/step by phase, achieved GFLOP/s and share of the SGEMM peak, peak RSS vs "
@@ -55,7 +55,9 @@ static void usage(FILE *f) {
         "of\n"
         "          32 tokens after a 32-token prompt, then an importance_sampling update on them\n"
         "Defaults: --preset smollm2-135m --batch 4 (rl: 8) --seq 128 --steps 3, threads = OpenMP's default,\n"
-        "--compute f32 (train: bf16 runs the base weights' GEMMs with bf16 inputs and f32 sums).\n"
+        "--compute f32 (train: bf16 runs the base weights' GEMMs with bf16 inputs and f32 sums), --weights "
+        "f32\n"
+        "(bf16: the preset's random matrices stored as bf16, as a bf16 checkpoint is kept).\n"
         "Presets: smollm2-135m (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536, vocab 49152,\n"
         "tied), tiny (hidden 64, 2 layers, vocab 512; for smoke tests).\n"
         "--model runs on a real model's weights instead (a model dir or a GGUF file, widened to f32 at "
@@ -187,6 +189,7 @@ typedef struct {
     const char *peer;  /* --peer llama.cpp (sample on a .gguf) */
     int batch, seq, steps, threads, json;
     int compute;     /* --compute f32|bf16 (train): ENG_COMPUTE_F32 or ENG_COMPUTE_BF16 */
+    int bf16w;       /* --weights bf16: the preset's matrices stored bf16 (as a bf16 checkpoint is kept) */
     char label[600]; /* "preset NAME" or "model PATH" */
 } bench_opts;
 
@@ -214,7 +217,8 @@ static eng_model *bench_model(const bench_opts *o, lt_err *err) {
             lt_err_set(err, 400, "unknown --preset '%s' (smollm2-135m or tiny)", o->preset);
             return NULL;
         }
-        m = eng_model_new(&c, eng_kernels_cpu(), err);
+        m = o->bf16w ? eng_model_new_stored(&c, eng_kernels_cpu(), GGUF_BF16, err)
+                     : eng_model_new(&c, eng_kernels_cpu(), err);
         if (!m) return NULL;
         eng_model_init_random(m, 1, 0.02f);
     }
@@ -330,6 +334,7 @@ static int bench_train(const bench_opts *o) {
         json_object_set_new(j, "sgemm_peak_gflops", json_real(g.peak));
         json_object_set_new(j, "share_of_sgemm_peak", json_real(gflops / g.peak));
         json_object_set_new(j, "compute", json_string(eng_compute_name(o->compute)));
+        json_object_set_new(j, "weights", json_string(o->bf16w ? "bf16" : "f32"));
         json_object_set_new(j, "bf16_path", json_string(eng_bf16_path()));
         json_object_set_new(j, "bf16_peak_gflops", json_real(g.bf16_peak));
         json_object_set_new(j, "share_of_bf16_peak", json_real(gflops / g.bf16_peak));
@@ -342,8 +347,8 @@ static int bench_train(const bench_opts *o) {
         print_json(j);
     } else {
         printf("train: %s, batch %d x seq %d, LoRA r16 on q,k,v,o,gate,up,down, %d thread(s), %d steps, "
-               "compute %s\n",
-               o->label, B, T, o->threads, o->steps, eng_compute_name(o->compute));
+               "compute %s, weights %s\n",
+               o->label, B, T, o->threads, o->steps, eng_compute_name(o->compute), o->bf16w ? "bf16" : "f32");
         printf("  %-28s %12.1f\n", "tokens/s", tps);
         printf("  %-28s %12.1f\n", "ms/step", step_s * 1e3);
         const char *names[ENG_NPHASES] = {"GEMM (linear + LoRA)", "attention", "norms/rope/act/residual",
@@ -688,7 +693,13 @@ int cmd_bench(int argc, char **argv) {
             bad = parse_pos(a, v, &o.steps);
         else if (!strcmp(a, "--threads"))
             bad = parse_pos(a, v, &o.threads);
-        else if (!strcmp(a, "--compute")) {
+        else if (!strcmp(a, "--weights")) {
+            if (strcmp(v, "f32") && strcmp(v, "bf16")) {
+                fprintf(stderr, "lathe bench: --weights must be f32 or bf16, got '%s'\n", v);
+                bad = -1;
+            }
+            o.bf16w = !strcmp(v, "bf16");
+        } else if (!strcmp(a, "--compute")) {
             if ((o.compute = eng_compute_parse(v)) < 0) {
                 fprintf(stderr, "lathe bench: --compute must be f32 or bf16, got '%s'\n", v);
                 bad = -1;
