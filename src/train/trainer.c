@@ -121,7 +121,15 @@ eng_engine *tr_open_engine(const tr_inputs *in, const tr_hooks *h, int rank, dou
     int compute;
     if (tr_knob_compute(in->eff, &compute, err)) return NULL;
     eng_engine *e = open_engine_lora(in, h, rank, alpha, err);
-    if (e) eng_model_set_compute(e->m, compute);
+    if (!e) return NULL;
+    eng_model_set_compute(e->m, compute);
+    if (compute == ENG_COMPUTE_BF16 &&
+        tr_log(h, "info", err,
+               "compute bf16: the base weights' GEMMs take bf16 inputs with f32 sums (path %s)",
+               eng_bf16_path())) {
+        eng_close(e);
+        return NULL;
+    }
     return e;
 }
 
