@@ -323,8 +323,8 @@ T_AVX512 static void pack_panel_nt_avx512(const gb_job *j, int c0, uint16_t *dst
 
 /* nn: reduction rows 2q and 2q+1 of B, 16 columns each, interleaved into 32-bit pairs. */
 T_AVX512 static void pack_panel_nn_avx512(const gb_job *j, int c0, uint16_t *dst) {
-    const int ncol = j->NC - c0 < 16 ? j->NC - c0 : 16;
-    const __mmask16 m = (__mmask16)((1u << ncol) - 1u);
+    const int ncol = j->NC - c0 < 16 ? j->NC - c0 : 16; /* <= 0 for the padding panels */
+    const __mmask16 m = ncol <= 0 ? 0 : (__mmask16)((1u << ncol) - 1u);
     for (int q = 0; q < j->Rp / 2; q++) {
         const int r0 = 2 * q, r1 = 2 * q + 1;
         __m256i lo =

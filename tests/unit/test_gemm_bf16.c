@@ -1,16 +1,16 @@
 /* Unit tests for the bf16 GEMMs (engine/gemm_bf16.c).
  *
- * Every path this CPU has (eng_bf16_set_path forces each: amx, avx512bf16, avx2) is checked against a
- * reference computed here: the same bf16-rounded inputs (A rounded to nearest even, B as given), products and
- * sums in double. Tolerance per element: the products of two bf16 values are exact in f32 (8 + 8 significand
- * bits), so the only error of a correct kernel is f32 summation: at most K * u * sum_k |a_k b_k| for any
- * summation order (u = 2^-24), plus one rounding u |c| for the accumulate add. We allow 2 (K + 2) u sum|ab| +
- * 2 u |c0|. A kernel that rounded A by truncation instead of to nearest even would be off by up to 2^-8 of
- * |a b| per term, far outside that bound for the K used here (<= 1100: bound ~ 1.3e-4 relative). Two paths
- * must agree within the sum of their bounds. Sizes are odd on purpose (M = 1, 3, 17, 130; N and K not
- * multiples of 16 or 32; M <= 8 takes the unpacked few-rows kernels; reductions of 2100 cross the 2048
- * block), with leading dimensions larger than the rows, both accumulate modes, and sentinels in the stride
- * gaps of C that must stay untouched. */
+ * Every path this CPU has (eng_bf16_set_path forces each: amx, avx512bf16, avx2, and the portable generic
+ * one) is checked against a reference computed here: the same bf16-rounded inputs (A rounded to nearest even,
+ * B as given), products and sums in double. Tolerance per element: the products of two bf16 values are exact
+ * in f32 (8 + 8 significand bits), so the only error of a correct kernel is f32 summation: at most K * u *
+ * sum_k |a_k b_k| for any summation order (u = 2^-24), plus one rounding u |c| for the accumulate add. We
+ * allow 2 (K + 2) u sum|ab| + 2 u |c0|. A kernel that rounded A by truncation instead of to nearest even
+ * would be off by up to 2^-8 of |a b| per term, far outside that bound for the K used here (<= 1100: bound
+ * ~ 1.3e-4 relative). Two paths must agree within the sum of their bounds. Sizes are odd on purpose (M = 1,
+ * 3, 17, 130; N and K not multiples of 16 or 32; M <= 8 takes the unpacked few-rows kernels; reductions of
+ * 2100 cross the 2048 block), with leading dimensions larger than the rows, both accumulate modes, and
+ * sentinels in the stride gaps of C that must stay untouched. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -134,11 +134,12 @@ static void run_case(int op, shape s, int acc, float *out, double *tol, int ldc)
     free(C0);
 }
 
-static const char *const PATHS[] = {"amx", "avx512bf16", "avx2"};
+static const char *const PATHS[] = {"amx", "avx512bf16", "avx2", "generic"};
+#define NPATHS 4
 
 static void test_paths(void **state) {
-    int have[3];
-    for (int p = 0; p < 3; p++)
+    int have[NPATHS];
+    for (int p = 0; p < NPATHS; p++)
         have[p] = strcmp(eng_bf16_set_path(PATHS[p]), PATHS[p]) == 0;
     eng_bf16_set_path(NULL);
 #if defined(__x86_64__)
@@ -152,7 +153,7 @@ static void test_paths(void **state) {
                 const size_t n = (size_t)s.M * ldc;
                 float *first = NULL;
                 double *ftol = NULL;
-                for (int p = 0; p < 3; p++) {
+                for (int p = 0; p < NPATHS; p++) {
                     if (!have[p]) continue;
                     assert_string_equal(eng_bf16_set_path(PATHS[p]), PATHS[p]);
                     rng = 0x1234567ull + (uint64_t)(si * 4 + op * 2 + acc); /* same inputs on every path */
