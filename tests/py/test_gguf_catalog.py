@@ -32,6 +32,7 @@ def gguf_server(lathe_server):
     models.mkdir(exist_ok=True)
     (models / "smollm2.gguf").symlink_to(path)
     (models / "notes.txt").write_text("not a model")  # other files are ignored
+    (models / "broken.gguf").write_bytes(b"GGUF\x07\x00\x00\x00" + bytes(64))  # version 7: not listed
     return s
 
 
@@ -52,6 +53,14 @@ def test_catalog_lists_the_gguf_with_its_quantization(gguf_server):
     # the family filter sees it too
     r = s.get("/api/v1/training/catalog?family=llama")
     assert [x["tinker_id"] for x in r.json()["models"]] == ["smollm2"]
+    # a job on the unreadable file is refused at submit like an unknown model
+    push(s, "capabilities", {"capability.yaml": "name: assistant\nversion: 1.0.0\ndescription: helpful\n"})
+    push(s, "datasets", {"dataset.yaml": "name: d\nversion: 0.1.0\nformat: jsonl\nsplits:\n  train: train.jsonl\n",
+                         "train.jsonl": jsonl([{"prompt": "a", "answer": "b"}])})
+    r = s.post(JOBS, json={"backend": "tinker", "trainer_type": "sft", "model": "broken",
+                           "capability_ref": {"name": "assistant", "version": "1.0.0"},
+                           "config": {"dataset_ref": {"name": "d", "version": "0.1.0"}}})
+    assert r.status_code == 404 and "'broken'" in r.text, r.text
 
 
 def test_sft_job_on_the_gguf_completes(gguf_server):
