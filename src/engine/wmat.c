@@ -156,10 +156,106 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define WM_512 1
+/* Values [32 b, 32 b + 32) of a row into w[2] (16 floats each), with the operations of dec32. */
+static inline __attribute__((always_inline)) void dec32x(int type, const uint8_t *row, int b, __m512 w[2]) {
+    switch (type) {
+    case GGUF_F32: {
+        const float *p = (const float *)(const void *)(row + (size_t)b * 128);
+        w[0] = _mm512_loadu_ps(p), w[1] = _mm512_loadu_ps(p + 16);
+        break;
+    }
+    case GGUF_BF16: {
+        const uint8_t *p = row + (size_t)b * 64;
+        for (int i = 0; i < 2; i++) {
+            __m512i v =
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * i)));
+            w[i] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        }
+        break;
+    }
+    case GGUF_F16: {
+        const uint8_t *p = row + (size_t)b * 64;
+        for (int i = 0; i < 2; i++)
+            w[i] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * i)));
+        break;
+    }
+    case GGUF_Q8_0: {
+        const uint8_t *p = row + (size_t)b * 34;
+        const __m512 d = _mm512_set1_ps(h2f(p));
+        for (int i = 0; i < 2; i++) {
+            __m512i q =
+                _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p + 2 + 16 * i)));
+            w[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
+        }
+        break;
+    }
+    case GGUF_Q4_0: {
+        const uint8_t *p = row + (size_t)b * 18;
+        const __m512 d = _mm512_set1_ps(h2f(p));
+        const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(p + 2)), m4 = _mm_set1_epi8(0x0F),
+                      e8 = _mm_set1_epi8(8);
+        const __m128i lo = _mm_sub_epi8(_mm_and_si128(q, m4), e8),
+                      hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), e8);
+        w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d);
+        w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d);
+        break;
+    }
+    default: { /* GGUF_Q4_1 */
+        const uint8_t *p = row + (size_t)b * 20;
+        const __m512 d = _mm512_set1_ps(h2f(p)), m = _mm512_set1_ps(h2f(p + 2));
+        const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(p + 4)), m4 = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_and_si128(q, m4), hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+        w[0] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), d), m);
+        w[1] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), d), m);
+        break;
+    }
+    }
+}
+#else
+#define WM_512 0
+#endif
+
 /* out[n] = row . A[n, :cols] for n < NN (1..4); the row is decoded once per block. */
 static inline __attribute__((always_inline)) void dot_rows(int type, const uint8_t *row, int cols, int NN,
                                                            const float *A, int lda, float *out) {
-    const int nb = cols / 32, nacc = NN == 1 ? 4 : 2;
+    const int nb = cols / 32;
+#if WM_512
+    {
+        const int nacc = NN == 1 ? 4 : 2;
+        __m512 acc[4][4];
+        for (int n = 0; n < NN; n++)
+            for (int i = 0; i < 4; i++)
+                acc[n][i] = _mm512_setzero_ps();
+        int b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            __m512 w[4];
+            dec32x(type, row, b, w);
+            dec32x(type, row, b + 1, w + 2);
+            for (int n = 0; n < NN; n++) {
+                const float *x = A + (size_t)n * lda + (size_t)b * 32;
+                for (int i = 0; i < 4; i++)
+                    acc[n][i % nacc] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(x + 16 * i), acc[n][i % nacc]);
+            }
+        }
+        for (; b < nb; b++) {
+            __m512 w[2];
+            dec32x(type, row, b, w);
+            for (int n = 0; n < NN; n++) {
+                const float *x = A + (size_t)n * lda + (size_t)b * 32;
+                for (int i = 0; i < 2; i++)
+                    acc[n][i] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(x + 16 * i), acc[n][i]);
+            }
+        }
+        for (int n = 0; n < NN; n++) {
+            __m512 t = _mm512_add_ps(acc[n][0], acc[n][1]);
+            if (nacc == 4) t = _mm512_add_ps(t, _mm512_add_ps(acc[n][2], acc[n][3]));
+            out[n] = _mm512_reduce_add_ps(t);
+        }
+    }
+#else
+    const int nacc = NN == 1 ? 4 : 2;
     __m256 acc[4][4];
     for (int n = 0; n < NN; n++)
         for (int i = 0; i < 4; i++)
@@ -178,6 +274,7 @@ static inline __attribute__((always_inline)) void dot_rows(int type, const uint8
         if (nacc == 4) s = _mm256_add_ps(s, _mm256_add_ps(acc[n][2], acc[n][3]));
         out[n] = hsum(s);
     }
+#endif
     /* F32/BF16/F16 rows need not be a multiple of 32 */
     for (int c = nb * 32; c < cols; c++) {
         float v = type == GGUF_F32    ? ((const float *)(const void *)row)[c]
