@@ -139,11 +139,14 @@ def test_two_servers_share_one_blob_dir(private_pg, tmp_path):
     _, admin = private_pg
     url = _fresh_db(admin)
     shared = tmp_path / "shared-blobs"
-    a = LatheServer(tmp_path / "a", args=["--db", url, "--workers", "0", "--blob-dir", str(shared)])
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "admin.key").write_text("none\n")  # b finds the store bootstrapped: it writes no key
-    b = LatheServer(tmp_path / "b", env={"LATHE_BLOB_DIR": str(shared)}, args=["--db", url, "--workers", "0"])
+    servers = []
     try:
+        a = LatheServer(tmp_path / "a", args=["--db", url, "--workers", "0", "--blob-dir", str(shared)])
+        servers.append(a)
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "admin.key").write_text("none\n")  # b finds the store bootstrapped: it writes no key
+        b = LatheServer(tmp_path / "b", env={"LATHE_BLOB_DIR": str(shared)}, args=["--db", url, "--workers", "0"])
+        servers.append(b)
         body = tar_bytes(dataset(name="shared-ds"))
         rec = push(a, "datasets", body, ctype="application/gzip").json()
         r = b.session(key=a.key).get("/api/v1/org/default/datasets/shared-ds/1.0.0/download")
@@ -152,7 +155,7 @@ def test_two_servers_share_one_blob_dir(private_pg, tmp_path):
         assert (shared / "sha256" / hexd[:2] / hexd[2:]).exists()
         assert not (a.data_dir / "blobs").exists() and not (b.data_dir / "blobs").exists()
     finally:
-        assert a.stop() == 0 and b.stop() == 0
+        assert [x.stop() for x in servers] == [0] * len(servers)
 
 
 def test_connections_cut_by_the_database_are_reset_and_retried(private_pg, tmp_path):
