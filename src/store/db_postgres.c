@@ -27,7 +27,9 @@
  * that fails because the connection went away (no result, a bad status, SQLSTATE class 08, 57P01..57P03) is
  * retried once on a reset connection when it ran outside a transaction. Inside a transaction nothing is
  * retried: the transaction is lost, every statement fails with 503 until db.c rolls back (which also resets
- * the connection). While the server is down every call fails with 503, never a crash.
+ * the connection). While the server is down every call fails with 503, never a crash. (A statement whose
+ * connection died after the server ran it may run twice: the store's writes outside transactions set values
+ * (UPDATE ... SET x = ?) or insert keyed rows, where a second run changes nothing or is a 409.)
  *
  * Errors map onto the lt_err codes of the SQLite driver: unique (23505) and foreign-key (23503) violations
  * are 409; a lost or refused connection, too many connections (class 53), a lock timeout (55P03), a
