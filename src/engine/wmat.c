@@ -12,9 +12,12 @@
  * over column ranges of W (block-aligned), each thread dequantizes its segment of every row into a buffer
  * and adds A[n, r] times it to its own columns of C, so no two threads write the same output.
  *
- * GEMM (larger N): tiles of rows dequantized into one scratch buffer (threads over rows of the tile), then
- * one cblas_sgemm per tile (threaded by OpenBLAS, outside any parallel region). nn accumulates tile after
- * tile into C (beta 1 after the first). */
+ * GEMM (larger N). nt: one OpenMP region; each thread takes whole tiles of rows (distinct output columns),
+ * dequantizes a tile into its own buffer and multiplies it with a single-threaded cblas_sgemm. nn (tiles
+ * would add into the same C): tiles dequantized one after another into one buffer (threads over the tile's
+ * rows), then one OpenBLAS-threaded sgemm per tile, accumulating (beta 1 after the first).
+ *
+ * SIMD: AVX-512 decoders (two 16-float vectors a block) where the build has AVX512F/BW, else AVX2. */
 #include "engine/wmat.h"
 
 #include <cblas.h>
@@ -484,6 +487,29 @@ static void gemm_tiled(const eng_wmat *w, int N, const float *A, int lda, float 
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, R, 1.0f, A, lda, W, K,
                         accumulate ? 1.0f : 0.0f, C, ldc);
+        return;
+    }
+    if (!nn) {
+        /* Every thread owns whole tiles (distinct output columns): it dequantizes a tile into its own buffer
+         * and multiplies it with a single-threaded sgemm (BLAS inside a parallel region runs on the calling
+         * thread), so there is one fork/join per call instead of two per tile. */
+        const int nt = omp_get_max_threads();
+        int tr = (R + 4 * nt - 1) / (4 * nt);
+        tr = ((tr + 15) & ~15) < TR ? ((tr + 15) & ~15) : TR;
+        const int ntiles = (R + tr - 1) / tr;
+#pragma omp parallel if (ntiles > 1 && (size_t)R * K >= PAR_MIN)
+        {
+            float *buf = aligned_alloc(64, (size_t)tr * K * sizeof(float));
+#pragma omp for schedule(dynamic, 1)
+            for (int t = 0; t < ntiles; t++) {
+                const int r0 = t * tr, n = R - r0 < tr ? R - r0 : tr;
+                for (int i = 0; i < n; i++)
+                    deq_range(w, r0 + i, 0, K, buf + (size_t)i * K);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, n, K, 1.0f, A, lda, buf, K,
+                            accumulate ? 1.0f : 0.0f, C + r0, ldc);
+            }
+            free(buf);
+        }
         return;
     }
     float *buf = aligned_alloc(64, (size_t)TR * K * sizeof(float));
