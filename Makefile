@@ -122,4 +122,7 @@ clean:
 # src/api/openapi.c embeds src/api/openapi.json with .incbin: rebuild it when the document changes.
 $(BUILD)/obj/src/api/openapi.o $(BUILD)/asan/obj/src/api/openapi.o $(BUILD)/fuzz/obj/src/api/openapi.o: src/api/openapi.json
 
+# src/api/routes_ui.c embeds the dashboard's files (web/) with .incbin: rebuild it when one changes.
+$(BUILD)/obj/src/api/routes_ui.o $(BUILD)/asan/obj/src/api/routes_ui.o $(BUILD)/fuzz/obj/src/api/routes_ui.o: $(wildcard web/*)
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

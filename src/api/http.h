@@ -53,6 +53,7 @@ typedef struct api_config {
     int max_streams_per_key;        /* LATHE_MAX_STREAMS_PER_KEY: per API key, 0 = default 32 */
     int no_keep_alive;              /* LATHE_KEEP_ALIVE=0: every response closes its connection, so that
                                        every request passes the connection gate; default 0 (keep alive) */
+    int no_ui;                      /* --no-ui / LATHE_UI=0: no dashboard at / and /ui/ (routes_ui.c) */
     /* Optional: registers more routes after the built-in groups (embedders, tests). NULL = none. */
     void (*routes_extra)(struct api_router *r);
 } api_config;
@@ -283,6 +284,7 @@ void api_routes_artifacts(api_router *r); /* SPEC §3.1 (routes_artifacts.c) */
 void api_routes_jobs(api_router *r);      /* SPEC §4 (routes_jobs.c) */
 void api_routes_compat(api_router *r);    /* upstream-compatible aliases (routes_compat.c) */
 void api_routes_openapi(api_router *r);   /* GET /api/v1/openapi.json (openapi.c) */
+void api_routes_ui(api_router *r);        /* GET / and /ui/{file}: the dashboard (routes_ui.c) */
 
 /* ---- metrics (Prometheus text at GET /metrics) ---- */
 

@@ -1468,6 +1468,7 @@ api_server *api_server_start(const api_config *cfg, lt_err *err) {
     api_routes_jobs(srv->router);
     api_routes_compat(srv->router);
     api_routes_openapi(srv->router);
+    if (!srv->cfg.no_ui) api_routes_ui(srv->router);
     if (srv->cfg.routes_extra) srv->cfg.routes_extra(srv->router);
 
     int port = 0;

@@ -63,6 +63,7 @@ static serve_opt OPTS[] = {
     {"--worlds-url", "LATHE_WORLDS_URL", OPT_STR, "(none)",
      "environment (Worlds) backend for RL world_* fields", NULL},
     {"--threads", "LATHE_HTTP_THREADS", OPT_INT, "8", "HTTP worker threads", NULL},
+    {"--ui", "LATHE_UI", OPT_INT, "1", "the web dashboard at / (0 = off; --no-ui is the same)", NULL},
     {"--keep-alive", "LATHE_KEEP_ALIVE", OPT_INT, "1",
      "0 = close each connection after its response (every request then passes the connection gate)", NULL},
     {"--max-streams", "LATHE_MAX_STREAMS", OPT_INT, "256", "open event streams in all (more: 429)", NULL},
@@ -236,6 +237,10 @@ int cmd_serve(int argc, char **argv) {
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--no-ui")) {
+            find_opt("--ui", 4)->value = "0";
+            continue;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return EXIT_OK;
@@ -307,6 +312,9 @@ int cmd_serve(int argc, char **argv) {
         } else if (!strcmp(o->flag, "--keep-alive")) {
             bad = parse_int(src, 0, 1, &v);
             cfg.no_keep_alive = v == 0;
+        } else if (!strcmp(o->flag, "--ui")) {
+            bad = parse_int(src, 0, 1, &v);
+            cfg.no_ui = v == 0;
         } else if (!strcmp(o->flag, "--max-streams")) {
             bad = parse_int(src, 1, 100000, &v);
             cfg.max_streams = (int)v;
