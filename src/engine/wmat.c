@@ -96,12 +96,14 @@ static inline __attribute__((always_inline)) void dec32(int type, const uint8_t 
     switch (type) {
     case GGUF_F32: {
         const float *p = (const float *)(const void *)(row + (size_t)b * 128);
+#pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
             w[i] = _mm256_loadu_ps(p + 8 * i);
         break;
     }
     case GGUF_BF16: {
         const uint8_t *p = row + (size_t)b * 64;
+#pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p + 16 * i)));
             w[i] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
@@ -110,6 +112,7 @@ static inline __attribute__((always_inline)) void dec32(int type, const uint8_t 
     }
     case GGUF_F16: {
         const uint8_t *p = row + (size_t)b * 64;
+#pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
             w[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p + 16 * i)));
         break;
@@ -117,6 +120,7 @@ static inline __attribute__((always_inline)) void dec32(int type, const uint8_t 
     case GGUF_Q8_0: {
         const uint8_t *p = row + (size_t)b * 34;
         const __m256 d = _mm256_set1_ps(h2f(p));
+#pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p + 2 + 8 * i)));
             w[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
@@ -171,6 +175,7 @@ static inline __attribute__((always_inline)) void dec32x(int type, const uint8_t
     }
     case GGUF_BF16: {
         const uint8_t *p = row + (size_t)b * 64;
+#pragma GCC unroll 4
         for (int i = 0; i < 2; i++) {
             __m512i v =
                 _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * i)));
@@ -180,6 +185,7 @@ static inline __attribute__((always_inline)) void dec32x(int type, const uint8_t
     }
     case GGUF_F16: {
         const uint8_t *p = row + (size_t)b * 64;
+#pragma GCC unroll 4
         for (int i = 0; i < 2; i++)
             w[i] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * i)));
         break;
@@ -187,6 +193,7 @@ static inline __attribute__((always_inline)) void dec32x(int type, const uint8_t
     case GGUF_Q8_0: {
         const uint8_t *p = row + (size_t)b * 34;
         const __m512 d = _mm512_set1_ps(h2f(p));
+#pragma GCC unroll 4
         for (int i = 0; i < 2; i++) {
             __m512i q =
                 _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p + 2 + 16 * i)));
@@ -228,16 +235,24 @@ static inline __attribute__((always_inline)) void dot_rows(int type, const uint8
     {
         const int nacc = NN == 1 ? 4 : 2;
         __m512 acc[4][4];
+#pragma GCC unroll 4
         for (int n = 0; n < NN; n++)
+#pragma GCC unroll 4
             for (int i = 0; i < 4; i++)
                 acc[n][i] = _mm512_setzero_ps();
         int b = 0;
+        const size_t bb = gguf_block_bytes(type) * (type == GGUF_F32                        ? 32
+                                                    : type == GGUF_BF16 || type == GGUF_F16 ? 32
+                                                                                            : 1);
         for (; b + 2 <= nb; b += 2) {
+            _mm_prefetch((const char *)row + (size_t)(b + 8) * bb, _MM_HINT_T0);
             __m512 w[4];
             dec32x(type, row, b, w);
             dec32x(type, row, b + 1, w + 2);
+#pragma GCC unroll 4
             for (int n = 0; n < NN; n++) {
                 const float *x = A + (size_t)n * lda + (size_t)b * 32;
+#pragma GCC unroll 4
                 for (int i = 0; i < 4; i++)
                     acc[n][i % nacc] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(x + 16 * i), acc[n][i % nacc]);
             }
@@ -245,12 +260,15 @@ static inline __attribute__((always_inline)) void dot_rows(int type, const uint8
         for (; b < nb; b++) {
             __m512 w[2];
             dec32x(type, row, b, w);
+#pragma GCC unroll 4
             for (int n = 0; n < NN; n++) {
                 const float *x = A + (size_t)n * lda + (size_t)b * 32;
+#pragma GCC unroll 4
                 for (int i = 0; i < 2; i++)
                     acc[n][i] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(x + 16 * i), acc[n][i]);
             }
         }
+#pragma GCC unroll 4
         for (int n = 0; n < NN; n++) {
             __m512 t = _mm512_add_ps(acc[n][0], acc[n][1]);
             if (nacc == 4) t = _mm512_add_ps(t, _mm512_add_ps(acc[n][2], acc[n][3]));
@@ -260,18 +278,23 @@ static inline __attribute__((always_inline)) void dot_rows(int type, const uint8
 #else
     const int nacc = NN == 1 ? 4 : 2;
     __m256 acc[4][4];
+#pragma GCC unroll 4
     for (int n = 0; n < NN; n++)
+#pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
             acc[n][i] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         __m256 w[4];
         dec32(type, row, b, w);
+#pragma GCC unroll 4
         for (int n = 0; n < NN; n++) {
             const float *x = A + (size_t)n * lda + (size_t)b * 32;
+#pragma GCC unroll 4
             for (int i = 0; i < 4; i++)
                 acc[n][i % nacc] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(x + 8 * i), acc[n][i % nacc]);
         }
     }
+#pragma GCC unroll 4
     for (int n = 0; n < NN; n++) {
         __m256 s = _mm256_add_ps(acc[n][0], acc[n][1]);
         if (nacc == 4) s = _mm256_add_ps(s, _mm256_add_ps(acc[n][2], acc[n][3]));
@@ -283,10 +306,47 @@ static inline __attribute__((always_inline)) void dot_rows(int type, const uint8
         float v = type == GGUF_F32    ? ((const float *)(const void *)row)[c]
                   : type == GGUF_BF16 ? st_bf16_to_f32((uint16_t)(row[2 * c] | row[2 * c + 1] << 8))
                                       : st_f16_to_f32((uint16_t)(row[2 * c] | row[2 * c + 1] << 8));
+#pragma GCC unroll 4
         for (int n = 0; n < NN; n++)
             out[n] += v * A[(size_t)n * lda + c];
     }
 }
+
+#if WM_512
+/* Q4_1, one input row: sum_b d_b (q_b . x_b) + sum_b m_b sx_b with sx_b = the sum of x over block b
+ * (precomputed once per call), which equals the dequantized dot product up to summation order and saves the
+ * per-value multiply-add of q d + m. mbuf: nb floats of scratch. */
+static float dot_q4_1_n1(const uint8_t *row, int nb, const float *x, const float *sx, float *mbuf) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    int b = 0;
+    for (; b < nb; b++) {
+        const uint8_t *p = row + (size_t)b * 20;
+        _mm_prefetch((const char *)p + 320, _MM_HINT_T0);
+        uint32_t dm;
+        memcpy(&dm, p, 4);
+        const __m128 dmf = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)); /* d, m */
+        const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(p + 4));
+        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, m4)));
+        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m4)));
+        __m512 t = _mm512_mul_ps(q0, _mm512_loadu_ps(x + (size_t)b * 32));
+        t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + (size_t)b * 32 + 16), t);
+        const __m512 d = _mm512_broadcastss_ps(dmf);
+        if (b & 1)
+            a1 = _mm512_fmadd_ps(d, t, a1);
+        else
+            a0 = _mm512_fmadd_ps(d, t, a0);
+        mbuf[b] = _mm_cvtss_f32(_mm_movehdup_ps(dmf));
+    }
+    __m512 am = _mm512_setzero_ps();
+    for (b = 0; b + 16 <= nb; b += 16)
+        am = _mm512_fmadd_ps(_mm512_loadu_ps(mbuf + b), _mm512_loadu_ps(sx + b), am);
+    float r = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), am));
+    for (; b < nb; b++)
+        r += mbuf[b] * sx[b];
+    return r;
+}
+#endif
 
 #define DOT_CASE(T)                                                                                          \
     case T:                                                                                                  \
@@ -362,6 +422,30 @@ void eng_wmat_gather_f32(const eng_wmat *w, const int *idx, int n, float *dst) {
 
 static void gemv_nt(const eng_wmat *w, int N, const float *A, int lda, float *C, int ldc, int accumulate) {
     const int K = w->cols, R = w->rows, fused = has_dec32(w->type);
+#if WM_512
+    if (w->type == GGUF_Q4_1 && N == 1) {
+        const int nb = K / 32;
+        float *sx = aligned_alloc(64, ((size_t)nb * sizeof(float) + 63) & ~(size_t)63);
+        for (int b = 0; b < nb; b++) {
+            float t = 0;
+            for (int i = 0; i < 32; i++)
+                t += A[(size_t)b * 32 + i];
+            sx[b] = t;
+        }
+#pragma omp parallel if ((size_t)R * K >= PAR_MIN)
+        {
+            float *mb = aligned_alloc(64, ((size_t)nb * sizeof(float) + 63) & ~(size_t)63);
+#pragma omp for schedule(static)
+            for (int r = 0; r < R; r++) {
+                float v = dot_q4_1_n1(row_ptr(w, r), nb, A, sx, mb);
+                C[r] = accumulate ? C[r] + v : v;
+            }
+            free(mb);
+        }
+        free(sx);
+        return;
+    }
+#endif
 #pragma omp parallel if ((size_t)R * K >= PAR_MIN)
     {
         float *buf = fused ? NULL : aligned_alloc(64, ((size_t)K * sizeof(float) + 63) & ~(size_t)63);
