@@ -24,7 +24,7 @@
 
 #include "blob/blob.h"
 #include "store/db.h"
-#include "store/store.h"
+#include "store/identity.h"
 #include "util/err.h"
 #include "util/strbuf.h"
 

@@ -6,7 +6,7 @@
  * every header against the upload limits and keeps only the manifest (and a capability's prompts) in memory;
  * the manifest is located and validated (util/manifest.h); an existing name@version is a 409 as soon as the
  * scan has read the manifest (and again after validation), before any row is read; then, for datasets, a
- * second pass streams each data file through the row parser (train/rows.h: one row in memory at a time), so
+ * second pass streams each data file through the row parser (util/rows.h: one row in memory at a time), so
  * an accepted dataset is one a job can use. Only then is the archive copied into the blob store and the
  * version recorded. Errors answer 400 (not an archive, unsafe entry), 413 (over a limit: the message names
  * it), or 422 with loc ["archive", FILE, LINE] naming the manifest key or the row to fix.
@@ -34,7 +34,7 @@
 
 #include "api/http.h"
 #include "store/artifacts.h"
-#include "train/rows.h"
+#include "util/rows.h"
 #include "util/archive.h"
 #include "util/log.h"
 #include "util/manifest.h"

@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "api/http.h"
-#include "store/store.h"
+#include "store/identity.h"
 #include "util/util.h"
 
 static json_t *time_json(int64_t ms) {

@@ -26,7 +26,7 @@
 #include "api/jobs_schema.h"
 #include "store/artifacts.h"
 #include "store/jobs.h"
-#include "store/jobs_models.h"
+#include "catalog/catalog.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -136,7 +136,7 @@ static int model_ctx_len(resolve_ud *u, const char *model, int depth, int *ctx_l
         return rc;
     }
     eng_config cfg;
-    if (jobs_models_find(u->req->ctx->models_dir, model, NULL, &cfg, err) != 0) return -1;
+    if (catalog_find(u->req->ctx->models_dir, model, NULL, &cfg, err) != 0) return -1;
     *ctx_len = cfg.max_position_embeddings;
     return 0;
 }
@@ -434,7 +434,7 @@ static int h_catalog(api_req *req, api_resp *resp) {
     json_decref(errors);
     json_t *all = NULL;
     lt_err err = {0};
-    if (jobs_models_scan(req->ctx->models_dir, &all, &err) != 0) {
+    if (catalog_scan(req->ctx->models_dir, &all, &err) != 0) {
         api_error_from(resp, &err);
         return 0;
     }

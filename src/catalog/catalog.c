@@ -1,7 +1,7 @@
-/* jobs_models.c: the model catalog: which directories under the models dir are trainable base models.
+/* catalog.c: the model catalog: which directories under the models dir are trainable base models.
  *
  * Nothing but parsed config.json files is cached (keyed by the file's inode, size and mtime, so an edit is
- * seen at once): a scan walks the models dir (a handful of directories, JOBS_MODELS_MAX_DEPTH levels at
+ * seen at once): a scan walks the models dir (a handful of directories, CATALOG_MAX_DEPTH levels at
  * most, hidden entries skipped, symlinks followed but never twice into one directory) and parses each
  * candidate's config.json (or takes it from that cache), microseconds per model. So a model copied or
  * symlinked into the directory shows up in the next catalog request and a job submitted right after, with no
@@ -11,7 +11,7 @@
  * eng_gguf_config accepts (every tensor checked) and it must carry a tokenizer (tokenizer.ggml.model); its
  * catalog item also names the quantization (llama.cpp's file type, e.g. "Q4_1"). A directory NAME with a
  * config.json wins over NAME.gguf beside it. */
-#include "store/jobs_models.h"
+#include "catalog/catalog.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -159,7 +159,7 @@ static double round3(double x) {
     return round(x * mag) / mag;
 }
 
-json_t *jobs_models_item(const char *id, const eng_config *cfg) {
+json_t *catalog_item(const char *id, const eng_config *cfg) {
     const char *slash = strrchr(id, '/');
     json_t *algs = json_pack("[s,s,s,s]", "sft", "importance_sampling", "ppo", "grpo");
     json_t *item = json_pack("{s:s,s:s,s:s,s:s,s:f,s:i,s:b,s:o,s:n}", "tinker_id", id, "display_name",
@@ -171,7 +171,7 @@ json_t *jobs_models_item(const char *id, const eng_config *cfg) {
     return item;
 }
 
-int jobs_models_find(const char *models_dir, const char *id, char **dir, eng_config *cfg, lt_err *err) {
+int catalog_find(const char *models_dir, const char *id, char **dir, eng_config *cfg, lt_err *err) {
     /* a clean relative path: segments of [A-Za-z0-9._-], none empty, none starting with '.' */
     size_t n = id ? strlen(id) : 0;
     int ok = n > 0 && n < 512 && id[0] != '/';
@@ -240,7 +240,7 @@ static int seen_before(visited *v, const struct stat *st) {
 }
 
 static json_t *item_with_quant(const char *id, const eng_config *cfg, const char *quant) {
-    json_t *item = jobs_models_item(id, cfg);
+    json_t *item = catalog_item(id, cfg);
     json_object_set_new(item, "quantization", quant[0] ? json_string(quant) : json_null());
     return item;
 }
@@ -271,8 +271,7 @@ static void scan(const char *root, const char *rel, int depth, visited *v, json_
         free(dir);
         return;
     }
-    DIR *d =
-        depth < JOBS_MODELS_MAX_DEPTH && stat(dir, &st) == 0 && !seen_before(v, &st) ? opendir(dir) : NULL;
+    DIR *d = depth < CATALOG_MAX_DEPTH && stat(dir, &st) == 0 && !seen_before(v, &st) ? opendir(dir) : NULL;
     struct dirent *e;
     while (d && (e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
@@ -293,7 +292,7 @@ static void scan(const char *root, const char *rel, int depth, visited *v, json_
     free(dir);
 }
 
-int jobs_models_scan(const char *models_dir, json_t **items, lt_err *err) {
+int catalog_scan(const char *models_dir, json_t **items, lt_err *err) {
     json_t *out = json_array();
     if (!out) return lt_err_set(err, 500, "out of memory listing models");
     visited v = {.n = 0};

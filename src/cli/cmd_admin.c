@@ -27,7 +27,7 @@
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "store/db.h"
-#include "store/store.h"
+#include "store/identity.h"
 #include "util/util.h"
 
 #define SCOPE_NAMES "training:read, training:write, artifacts:read, artifacts:write, worker"

@@ -22,7 +22,7 @@
 #include "api/http.h"
 #include "cli/cli.h"
 #include "store/db.h"
-#include "store/store.h"
+#include "store/identity.h"
 #include "util/log.h"
 #include "util/util.h"
 #include "worker/worker.h"

@@ -20,7 +20,7 @@
 #include "engine/gemm_bf16.h"
 #include "engine/tokenizer.h"
 #include "train/render.h"
-#include "train/rows.h"
+#include "util/rows.h"
 #include "train/trainer.h"
 #include "util/util.h"
 

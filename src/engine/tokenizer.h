@@ -20,6 +20,7 @@
 #define LATHE_ENGINE_TOKENIZER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util/err.h"
 
@@ -83,5 +84,19 @@ const char *eng_tok_chat_template(const eng_tokenizer *tok);
 /* Whether the model expects BOS prepended to every encoded text: 1 or 0 as tokenizer.ggml.add_bos_token
  * (GGUF) or tokenizer_config.json's add_bos_token says; -1 when the files do not say. */
 int eng_tok_add_bos(const eng_tokenizer *tok);
+
+/* ---- UTF-8 and NFC as the tokenizer reads them (the chat renderers split text by the same rules) ---- */
+
+/* Decodes one UTF-8 code point at s[0..n) (n >= 1). Returns its byte length (1-4), or 0 when the bytes there
+ * are not a valid, shortest-form, non-surrogate sequence; *cp gets the code point when valid. */
+int eng_tok_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
+/* Encodes cp as UTF-8 into out (4 bytes room); returns the byte count. */
+int eng_tok_utf8_put(uint32_t cp, unsigned char *out);
+/* Byte offset of the first invalid UTF-8 sequence in s[0..n), or n when all of it is valid. */
+size_t eng_tok_utf8_invalid_at(const char *s, size_t n);
+/* Unicode NFC of valid UTF-8 s[0..n): malloc'd (caller frees), NUL-terminated, *out_len without the NUL. */
+char *eng_tok_nfc(const char *s, size_t n, size_t *out_len);
+/* 1 if the tokenizer's normalizer is NFC (the only one supported), so its tokens spell the NFC form. */
+int eng_tok_has_nfc(const eng_tokenizer *tok);
 
 #endif

@@ -1,6 +1,6 @@
 /* tokenizer_internal.h: helpers shared by the tokenizer's own files (tokenizer*.c); not a public surface.
  *
- * Ownership: eng_tok_nfc and eng_tok_fm_strip return malloc'd bytes the caller frees; eng_tok_fast_scan fills
+ * Ownership: eng_tok_fm_strip returns malloc'd bytes the caller frees; eng_tok_fast_scan fills
  * a caller-owned eng_tok_fastmodel released with eng_tok_fm_free. */
 #ifndef LATHE_ENGINE_TOKENIZER_INTERNAL_H
 #define LATHE_ENGINE_TOKENIZER_INTERNAL_H
@@ -13,17 +13,6 @@
 
 /* Ids beyond this are rejected as malformed (real vocabularies stay under 300k). */
 #define ENG_TOK_MAX_ID 2000000
-
-/* Decodes one UTF-8 code point at s[0..n) (n >= 1). Returns its byte length (1-4), or 0 when the bytes there
- * are not a valid, shortest-form, non-surrogate sequence; *cp gets the code point when valid. */
-int eng_tok_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
-/* Encodes cp as UTF-8 into out (4 bytes room); returns the byte count. */
-int eng_tok_utf8_put(uint32_t cp, unsigned char *out);
-/* Byte offset of the first invalid UTF-8 sequence in s[0..n), or n when all of it is valid. */
-size_t eng_tok_utf8_invalid_at(const char *s, size_t n);
-
-/* Unicode NFC of valid UTF-8 s[0..n): malloc'd, NUL-terminated, *out_len without the NUL. */
-char *eng_tok_nfc(const char *s, size_t n, size_t *out_len);
 
 /* ---- tokenizer_json.c: model.vocab / model.merges read without jansson ---- */
 
@@ -50,9 +39,6 @@ int eng_tok_fast_scan(const char *text, size_t len, eng_tok_fastmodel *f);
 /* The text with the vocab and merges spans replaced by {} and [] (malloc'd; *out_len set). */
 char *eng_tok_fm_strip(const char *text, size_t len, const eng_tok_fastmodel *f, size_t *out_len);
 void eng_tok_fm_free(eng_tok_fastmodel *f);
-
-/* 1 if the tokenizer's normalizer is NFC (the only one supported), so its tokens spell the NFC form. */
-int eng_tok_has_nfc(const eng_tokenizer *tok);
 
 /* ---- tokenizer_gguf.c ---- */
 

@@ -1,4 +1,4 @@
-/* artifacts_sql.c: the artifact registry's tables and queries (see artifacts.h).
+/* artifacts.c: the artifact registry's tables and queries (see artifacts.h).
  *
  * Two tables. `artifacts` holds one row per (org, kind, name) and exists only while it has versions;
  * `artifact_versions` holds the immutable versions, with the semver parts split into integer columns so that

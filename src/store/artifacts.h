@@ -1,7 +1,7 @@
 /* artifacts.h: the artifact registry in the store: datasets, capabilities and tasks, each a named artifact of
  * an org with immutable semver versions (SPEC §3.1).
  *
- * Tables (migration area "artifacts", src/store/artifacts_sql.c): `artifacts` (one row per org + kind +
+ * Tables (migration area "artifacts", src/store/artifacts.c): `artifacts` (one row per org + kind +
  * name) and `artifact_versions` (one row per pushed version: digests, sizes, normalized manifest, split row
  * counts, a capability's resolved prompt). The archive bytes themselves live in the blob store under
  * `blob_digest`; this module never touches blobs.

@@ -37,7 +37,7 @@
 #include <unistd.h>
 
 #include "store/db_driver.h"
-#include "store/store.h"
+#include "store/identity.h"
 #include "util/util.h"
 
 typedef struct db_conn {
@@ -285,7 +285,7 @@ int db_ping(db *d, lt_err *err) {
     return ok ? 0 : -1;
 }
 
-/* Declared in store.h (a hook for the store's in-process caches). SQLite's `PRAGMA data_version` changes on a
+/* Declared in identity.h (a hook for the store's in-process caches). SQLite's `PRAGMA data_version` changes on a
  * connection whenever any other connection, in this process or another, committed since that connection last
  * read it; the first call on a connection, an error or another driver answer "changed". */
 int db_changed_elsewhere(db *d) {

@@ -142,7 +142,7 @@ typedef struct db_migration {
 
 /* The three areas, each a const array terminated by an entry whose sql is NULL; the version of a script is
  * its 1-based index. db_migrations_core lives in src/store/identity.c, db_migrations_artifacts in
- * src/store/artifacts_sql.c, db_migrations_jobs in src/store/jobs_sql.c. Define yours exactly as
+ * src/store/artifacts.c, db_migrations_jobs in src/store/jobs.c. Define yours exactly as
  *     const db_migration db_migrations_jobs[] = {{"jobs", "CREATE TABLE ..."}, {NULL, NULL}};
  * db_migrate names all three directly, so every binary that migrates (lathe and the unit tests alike) runs
  * the same areas, and an area that is not linked in is a link error. */

@@ -19,7 +19,7 @@
  * transaction of every process takes (WRITE_LOCK_KEY): write transactions run one at a time across all the
  * servers and workers on the database, the way SQLite runs them, so the store's read-then-write code
  * (sequence numbers as MAX + 1, checks then inserts) stays correct on PostgreSQL. lock_timeout (10 s) bounds
- * the wait; running out of it is 503. Queue claims still use FOR UPDATE SKIP LOCKED (jobs_sql.c).
+ * the wait; running out of it is 503. Queue claims still use FOR UPDATE SKIP LOCKED (jobs.c).
  * Migrations run under a session advisory lock (MIGRATE_LOCK_KEY) so that servers starting together apply
  * each script once.
  *

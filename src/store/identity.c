@@ -1,4 +1,4 @@
-/* identity.c: users, orgs, workspaces, projects, memberships, API keys and idempotency records (store.h),
+/* identity.c: users, orgs, workspaces, projects, memberships, API keys and idempotency records (identity.h),
  * and the `core` migration area that creates their tables.
  *
  * Tenancy is a tree: an org holds workspaces (one default), a workspace holds projects (one default); users
@@ -28,7 +28,7 @@
 #include <time.h>
 
 #include "store/db.h"
-#include "store/store.h"
+#include "store/identity.h"
 #include "util/util.h"
 
 const db_migration db_migrations_core[] = {

@@ -1,4 +1,4 @@
-/* store.h: identity and tenancy in the store: users, orgs, workspaces, projects, memberships, API keys, and
+/* identity.h: identity and tenancy in the store: users, orgs, workspaces, projects, memberships, API keys, and
  * idempotency records.
  *
  * Every function takes the shared `db *` (see db.h) and a caller-owned lt_err. Return convention: 0 on
@@ -10,8 +10,8 @@
  * List functions return a malloc'd array in *items (caller frees with free()) and its length in *n.
  *
  * Ids are UUID v4 strings; timestamps are ms since the epoch (format them with lt_time_fmt). */
-#ifndef LATHE_STORE_STORE_H
-#define LATHE_STORE_STORE_H
+#ifndef LATHE_STORE_IDENTITY_H
+#define LATHE_STORE_IDENTITY_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* jobs_sql.c: training jobs, their logs and checkpoints, and the job queue, on the portable SQL runner.
+/* jobs.c: training jobs, their logs and checkpoints, and the job queue, on the portable SQL runner.
  *
  * One row per job in `jobs`. The columns that routes filter or the queue scans on are real columns (status,
  * backend, trainer_type, project_ref, workspace, seq, lease); the rest of the job object lives in JSON text

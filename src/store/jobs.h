@@ -1,6 +1,6 @@
 /* jobs.h: training jobs in the store: the job rows, their references, logs, checkpoints, and the queue.
  *
- * Tables (migration area "jobs", src/store/jobs_sql.c): `jobs` (one row per job; config, effective_config,
+ * Tables (migration area "jobs", src/store/jobs.c): `jobs` (one row per job; config, effective_config,
  * metrics, artifacts and progress as JSON text), `job_refs(job_id, org_id, kind, name, version)` (the
  * artifact versions a job uses: the artifact registry refuses to delete one while a queued or running job
  * references it), `job_tags`, `job_logs` (per-job increasing seq, attempt, level) and `job_checkpoints`.

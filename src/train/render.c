@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/tokenizer_internal.h"
+#include "engine/tokenizer.h"
 #include "util/strbuf.h"
 #include "util/util.h"
 

@@ -35,7 +35,7 @@
 
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
-#include "train/rows.h"
+#include "util/rows.h"
 #include "util/err.h"
 
 typedef struct tr_inputs {

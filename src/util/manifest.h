@@ -12,7 +12,7 @@
  * The kind validators take the unpacked, root-stripped archive (util/archive.h), read the kind's manifest
  * from it, check every rule, and return the normalized manifest: the document with defaults filled in
  * (dataset: version 0.1.0, format, summary from description, `splits` resolved to split -> [paths]; task:
- * `flag_hash` renamed `hash`). They never look at data rows: counting rows is train/rows.h's job.
+ * `flag_hash` renamed `hash`). They never look at data rows: counting rows is util/rows.h's job.
  *
  * Errors: lt_err code 422 with a message "FILE line N: what to change", and *loc (if not NULL) set to the
  * file and line (line 0 when the problem is not on one line, e.g. a missing manifest).
@@ -70,7 +70,7 @@ int manifest_name_valid(manifest_kind kind, const char *name);
  * *.csv file as split "train"). `row_count` is checked later, against the parsed rows. */
 json_t *manifest_dataset(const archive_items *items, manifest_loc *loc, lt_err *err);
 
-/* Checks a dataset's optional row_count against the number of rows found (train/rows.h counts them); 422 at
+/* Checks a dataset's optional row_count against the number of rows found (util/rows.h counts them); 422 at
  * the row_count line when they differ. manifest is manifest_dataset's result for the same items. */
 int manifest_dataset_check_count(const archive_items *items, const json_t *manifest, long long rows,
                                  manifest_loc *loc, lt_err *err);

@@ -11,7 +11,7 @@
  *
  * Every error message carries a location prefix built in one place (where_prefix): "split S, file F line N".
  */
-#include "train/rows.h"
+#include "util/rows.h"
 
 #include <assert.h>
 #include <ctype.h>

@@ -29,8 +29,8 @@
  *
  * Ownership: json_t results are new references (json_decref); rows passed to a rows_fn are borrowed (incref
  * to keep). rows_set owns everything in it; rows_set_free releases it. char * results are malloc'd. */
-#ifndef LATHE_TRAIN_ROWS_H
-#define LATHE_TRAIN_ROWS_H
+#ifndef LATHE_UTIL_ROWS_H
+#define LATHE_UTIL_ROWS_H
 
 #include <jansson.h>
 #include <stddef.h>

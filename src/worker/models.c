@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/jobs_models.h"
+#include "catalog/catalog.h"
 #include "util/log.h"
 #include "util/util.h"
 #include "worker/worker_internal.h"
@@ -24,7 +24,7 @@ static int64_t g_loads, g_shares;
 int wk_model_acquire(const char *models_dir, const char *id, wk_model **out, int *shared, lt_err *err) {
     char *dir = NULL;
     eng_config cfg;
-    if (jobs_models_find(models_dir, id, &dir, &cfg, err) != 0) {
+    if (catalog_find(models_dir, id, &dir, &cfg, err) != 0) {
         if (err->code == 404)
             lt_err_prefix(err, "base model '%s' is no longer usable under the models dir %s: ", id,
                           models_dir);

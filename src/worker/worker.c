@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #include "store/jobs.h"
-#include "store/store.h"
+#include "store/identity.h"
 #include "train/trainer.h"
 #include "util/archive.h"
 #include "util/log.h"

@@ -7,7 +7,7 @@
 
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
-#include "train/rows.h"
+#include "util/rows.h"
 #include "worker/worker.h"
 
 /* ---- base models (models.c) ---- */

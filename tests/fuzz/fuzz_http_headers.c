@@ -13,7 +13,7 @@
 #include "api/http.h"
 #include "api/http_internal.h"
 #include "api/jobs_schema.h"
-#include "store/store.h"
+#include "store/identity.h"
 
 static int known_status(int r) {
     return r == API_GATE_PASS || r == API_GATE_MORE || r == 400 || r == 408 || r == 413 || r == 414 ||

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "train/rows.h"
+#include "util/rows.h"
 
 static int per_row(const json_t *row, long line, void *ud, lt_err *err) {
     (void)line;

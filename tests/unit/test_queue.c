@@ -1,4 +1,4 @@
-/* test_queue.c: the jobs store (src/store/jobs_sql.c) on a real SQLite file, or on a real PostgreSQL server
+/* test_queue.c: the jobs store (src/store/jobs.c) on a real SQLite file, or on a real PostgreSQL server
  * when LATHE_TEST_PG names one (store_url.h; tests/run.sh runs this binary both ways): create/list/quota, the
  * state machine (cancel, retry, delete), the queue (claim, lease, heartbeat, expiry re-queue), the progress
  * merge rule, the log cursor, what workers add (release on shutdown, cancel_requested, metrics trimmed on

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "train/rows.h"
+#include "util/rows.h"
 #include "util/strbuf.h"
 #include "util/util.h"
 

@@ -19,7 +19,7 @@
 #include "engine/tiny.h"
 #include "engine/tokenizer.h"
 #include "train/render.h"
-#include "train/rows.h"
+#include "util/rows.h"
 #include "train/trainer.h"
 #include "util/util.h"
 

@@ -1,4 +1,4 @@
-/* test_store.c: the SQL runner (db.h) and identity store (store.h) against real SQLite files, or against a
+/* test_store.c: the SQL runner (db.h) and identity store (identity.h) against real SQLite files, or against a
  * real PostgreSQL server when LATHE_TEST_PG names one (store_url.h; tests/run.sh runs this binary both ways).
  *
  * Each test opens a fresh database (a file in a temp directory, or a new PostgreSQL database). Covered: URL
@@ -19,7 +19,7 @@
 #include <cmocka.h>
 
 #include "store/db.h"
-#include "store/store.h"
+#include "store/identity.h"
 #include "util/util.h"
 #include "store_url.h"
 
