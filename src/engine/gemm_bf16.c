@@ -21,17 +21,19 @@
  * Packing is vectorized on the AVX-512 paths (the B transpose of nt is a 16 x 16 transpose of 32-bit pairs),
  * since at M = 512 the packing of B costs as much per element as the AMX products.
  *
- * Threads: one OpenMP region per call. A is packed with an omp for over rows; then for each chunk of output
- * columns (packed B at most ~1 MiB, so it stays in L2) the panels are packed with an omp for and the 32 x 32
- * tiles of C are shared out statically, rows outer (a thread's A block stays in L1 while it walks B). Each
- * tile is computed into a local 32 x 32 buffer and added to or stored into C (masked at the edges), so
- * padding never reaches C. Reductions longer than GB_RBLOCK run as blocks that accumulate. The avx2 path
- * calls cblas_sgemm outside any region (OpenBLAS is the OpenMP build and uses the same pool). */
+ * Threads: one OpenMP region per call and no barrier inside it. The 32 x 32 tiles of C are split into a grid
+ * of rectangles, one per thread (columns first, then rows); each thread packs its own A rows and, in chunks
+ * of at most ~1 MiB (so they stay in L2), its own B panels, then walks its tiles rows outer (the A block
+ * stays in L1 while the thread walks B). Packing A or B twice costs threads / NC or threads / M of the
+ * products. Each tile is computed into a local 32 x 32 buffer and added to or stored into C (masked at the
+ * edges), so padding never reaches C. Reductions longer than GB_RBLOCK run as blocks that accumulate. The
+ * avx2 path calls cblas_sgemm outside any region (OpenBLAS is the OpenMP build and uses the same pool). */
 #include "engine/gemm_bf16.h"
 
 #include "engine/wmat.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -538,82 +540,112 @@ static void tile_generic(const uint16_t *a, int Rp, const uint16_t *p0, const ui
 #define GB_CHUNK_BYTES (1u << 20) /* packed B per column chunk */
 #define GB_RBLOCK 2048            /* reduction block: packed A at most M x 2048 bf16 */
 
-static void run_packed(gb_job *j, int path) {
-    const int Rp = j->Rp, Mp = j->Mp;
-    int chunk = (int)(GB_CHUNK_BYTES / ((size_t)Rp * 2)) & ~31;
-    if (chunk < 32) chunk = 32;
-    if (chunk > up32(j->NC)) chunk = up32(j->NC);
-    uint16_t *pa = aligned_alloc(64, sizeof(uint16_t) * (size_t)Mp * Rp);
-    uint16_t *pb = aligned_alloc(64, sizeof(uint16_t) * (size_t)chunk * Rp);
-    if (!pa || !pb) { /* out of memory: the plain loops need no buffers */
-        free(pa);
-        free(pb);
-        pa = pb = NULL;
+/* The calling thread's packing buffer of at least n elements, 64-byte aligned, kept for its next call (a
+ * fresh multi-MiB allocation per call would cost its page faults every time); NULL when out of memory. */
+static _Thread_local uint16_t *tl_buf;
+static _Thread_local size_t tl_cap;
+static uint16_t *scratch(size_t n) {
+    if (n > tl_cap) {
+        free(tl_buf);
+        tl_buf = aligned_alloc(64, (n * sizeof(uint16_t) + 63) & ~(size_t)63);
+        tl_cap = tl_buf ? n : 0;
     }
-#pragma omp parallel if (pa != NULL)
-    {
-        if (pa) {
+    return tl_buf;
+}
+
+/* C rows [i0, i1) x columns [c0, c1) with plain loops (no buffers: the out-of-memory fallback). */
+static void plain_region(const gb_job *j, int i0, int i1, int c0, int c1) {
+    for (int m = i0; m < i1 && m < j->M; m++)
+        for (int c = c0; c < c1 && c < j->NC; c++) {
+            float s = 0.0f;
+            for (int r = 0; r < j->R; r++)
+                s += bf16_f32(bf16_round(j->A[(size_t)m * j->lda + r])) * bf16_f32(b_at(j, r, c));
+            float *cc = j->C + (size_t)m * j->ldc + c;
+            *cc = j->acc ? *cc + s : s;
+        }
+}
+
+/* One thread's rectangle of 32 x 32 tiles: rows [tm0, tm1) x columns [tn0, tn1) (in tiles). It packs its own
+ * A rows and, chunk by chunk, its own B panels, so threads never wait for each other. Returns -1 when its
+ * buffers cannot be allocated. */
+static int run_region(const gb_job *j, int path, int tm0, int tm1, int tn0, int tn1, int ctile) {
+    const int Rp = j->Rp, w0 = tn1 - tn0 < ctile ? tn1 - tn0 : ctile;
+    const size_t na = (size_t)(tm1 - tm0) * 32 * Rp;
+    uint16_t *pa = scratch(na + (size_t)w0 * 32 * Rp), *pb = pa + na; /* na: a multiple of 32 elements */
+    if (!pa) return -1;
 #if GB_X86
-            if (path == P_AMX) amx_config();
+    if (path == P_AMX) amx_config();
 #endif
-#pragma omp for schedule(static)
-            for (int m = 0; m < Mp; m++)
-                pack_a_row(j, m, pa + (size_t)m * Rp, path);
-            float cb[32 * 32] __attribute__((aligned(64)));
-            for (int c0 = 0; c0 < j->NC; c0 += chunk) {
-                const int w = j->NC - c0 < chunk ? up32(j->NC - c0) : chunk, npan = w / 16;
-#pragma omp for schedule(static)
-                for (int p = 0; p < npan; p++) {
-                    uint16_t *dst = pb + (size_t)p * Rp * 16;
+    for (int m = tm0 * 32; m < tm1 * 32; m++)
+        pack_a_row(j, m, pa + (size_t)(m - tm0 * 32) * Rp, path);
+    float cb[32 * 32] __attribute__((aligned(64)));
+    for (int c = tn0; c < tn1; c += ctile) {
+        const int w = tn1 - c < ctile ? tn1 - c : ctile;
+        for (int p = 0; p < 2 * w; p++) {
+            uint16_t *dst = pb + (size_t)p * Rp * 16;
+            const int col = c * 32 + p * 16;
 #if GB_X86
-                    if (path >= P_AVX512 && j->op == 0)
-                        pack_panel_nt_avx512(j, c0 + p * 16, dst);
-                    else if (path >= P_AVX512)
-                        pack_panel_nn_avx512(j, c0 + p * 16, dst);
-                    else
+            if (path >= P_AVX512 && j->op == 0)
+                pack_panel_nt_avx512(j, col, dst);
+            else if (path >= P_AVX512)
+                pack_panel_nn_avx512(j, col, dst);
+            else
 #endif
-                        pack_panel_generic(j, c0 + p * 16, dst);
+                pack_panel_generic(j, col, dst);
+        }
+        for (int mi = tm0; mi < tm1; mi++)
+            for (int ni = 0; ni < w; ni++) {
+                const int i0 = mi * 32, n0 = (c + ni) * 32, rows = j->M - i0;
+                const uint16_t *a = pa + (size_t)(mi - tm0) * 32 * Rp, *p0 = pb + (size_t)(2 * ni) * Rp * 16,
+                               *p1 = p0 + (size_t)Rp * 16;
+#if GB_X86
+                if (path == P_AMX) {
+                    tile_amx(a, Rp, p0, p1, cb);
+                    write_tile_avx512(j, i0, n0, cb);
+                    continue;
                 }
-                const int mt = Mp / 32, ntl = w / 32;
-#pragma omp for schedule(static)
-                for (int t = 0; t < mt * ntl; t++) {
-                    const int mi = t / ntl, ni = t % ntl, i0 = mi * 32, n0 = c0 + ni * 32;
-                    const uint16_t *a = pa + (size_t)i0 * Rp, *p0 = pb + (size_t)(2 * ni) * Rp * 16,
-                                   *p1 = p0 + (size_t)Rp * 16;
-                    const int rows = j->M - i0;
-#if GB_X86
-                    if (path == P_AMX) {
-                        tile_amx(a, Rp, p0, p1, cb);
-                        write_tile_avx512(j, i0, n0, cb);
-                        continue;
-                    }
-                    if (path == P_AVX512) {
-                        tile_avx512(a, Rp, p0, p1, cb, rows);
-                        write_tile_avx512(j, i0, n0, cb);
-                        continue;
-                    }
-#endif
-                    tile_generic(a, Rp, p0, p1, cb, rows);
-                    write_tile_generic(j, i0, n0, cb);
+                if (path == P_AVX512) {
+                    tile_avx512(a, Rp, p0, p1, cb, rows);
+                    write_tile_avx512(j, i0, n0, cb);
+                    continue;
                 }
+#endif
+                tile_generic(a, Rp, p0, p1, cb, rows);
+                write_tile_generic(j, i0, n0, cb);
             }
+    }
 #if GB_X86
-            if (path == P_AMX) amx_release();
+    if (path == P_AMX) amx_release();
 #endif
+    return 0;
+}
+
+/* The threads split the tiles of C into a grid of rectangles, columns first (tn = min(threads, column
+ * tiles)), then rows with the threads left; each rectangle is independent (run_region), so one call costs one
+ * fork and one join and no barrier in between. */
+static void run_packed(gb_job *j, int path) {
+    const int mt = j->Mp / 32, ntl = up32(j->NC) / 32;
+    int ctile = (int)(GB_CHUNK_BYTES / ((size_t)j->Rp * 2 * 32)); /* column tiles per chunk of packed B */
+    if (ctile < 1) ctile = 1;
+    const int T = omp_get_max_threads();
+    int tn = T < ntl ? T : ntl, tm;
+    if (tn < 1) tn = 1;
+    tm = T / tn < mt ? T / tn : mt;
+    if (tm < 1) tm = 1;
+    const int nreg = tm * tn;
+    /* tiny problems are not worth a fork */
+    const int par = nreg > 1 && (double)j->M * j->NC * j->R >= 4e6;
+#pragma omp parallel num_threads(par ? nreg : 1)
+    {
+        const int nt = omp_get_num_threads();
+        for (int r = omp_get_thread_num(); r < (par ? nreg : 1); r += nt) {
+            const int ti = par ? r / tn : 0, tj = par ? r % tn : 0, gm = par ? tm : 1, gn = par ? tn : 1;
+            const int tm0 = (int)((long long)mt * ti / gm), tm1 = (int)((long long)mt * (ti + 1) / gm);
+            const int tn0 = (int)((long long)ntl * tj / gn), tn1 = (int)((long long)ntl * (tj + 1) / gn);
+            if (tm1 > tm0 && tn1 > tn0 && run_region(j, path, tm0, tm1, tn0, tn1, ctile))
+                plain_region(j, tm0 * 32, tm1 * 32, tn0 * 32, tn1 * 32);
         }
     }
-    if (!pa) { /* fallback without buffers */
-        for (int m = 0; m < j->M; m++)
-            for (int c = 0; c < j->NC; c++) {
-                float s = 0.0f;
-                for (int r = 0; r < j->R; r++)
-                    s += bf16_f32(bf16_round(j->A[(size_t)m * j->lda + r])) * bf16_f32(b_at(j, r, c));
-                float *cc = j->C + (size_t)m * j->ldc + c;
-                *cc = j->acc ? *cc + s : s;
-            }
-    }
-    free(pa);
-    free(pb);
 }
 
 #if GB_X86
