@@ -53,7 +53,7 @@ export class LineChart {
   draw() {
     const n = this.points();
     this.el.setAttribute("data-points", String(n));
-    this.count.textContent = n ? ` (${n} points)` : "";
+    this.count.textContent = n ? ` (${n} point${n === 1 ? "" : "s"})` : "";
     clear(this.svg);
     let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
     for (const sr of this.series) {
@@ -87,7 +87,8 @@ export class LineChart {
       const xv = Math.round(x0 + ((x1 - x0) * i) / 4);
       if (xv === lastX) continue; // a short range: each step labelled once
       lastX = xv;
-      this.svg.appendChild(s("text", { x: sx(xv), y: H - 8, "text-anchor": "middle", class: "tick" }, fmtNum(xv)));
+      const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle"; // the ends stay inside the figure
+      this.svg.appendChild(s("text", { x: sx(xv), y: H - 8, "text-anchor": anchor, class: "tick" }, fmtNum(xv)));
     }
     for (const sr of this.series) {
       const pts = decimate(sr.xs, sr.ys, sx, sy, pw);

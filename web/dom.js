@@ -76,6 +76,7 @@ export function fmtNum(v) {
   if (typeof v !== "number") return String(v);
   if (Number.isInteger(v)) return String(v);
   const a = Math.abs(v);
+  if (a >= 1000 && a < 1e9) return String(Math.round(v));
   return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(3) : v.toPrecision(4).replace(/\.?0+$/, "");
 }
 

@@ -1,7 +1,7 @@
 // pages.js: sign-in, the jobs table, the compare view, the registry and the model catalog.
 
 import { h, replace, clear, fmtTime, fmtNum, jsonBlock } from "./dom.js";
-import { api, get, session, me, jobsPath, jobPath, artPath, bytes, ApiError, enc } from "./api.js";
+import { get, session, me, canWrite, jobsPath, jobPath, artPath, bytes, ApiError, enc } from "./api.js";
 import { statusBadge, CURVES, series } from "./job.js";
 import { LineChart, COLORS } from "./chart.js";
 
@@ -78,7 +78,8 @@ export async function jobsPage(root, params, setCleanup) {
     if (selected.size) location.hash = "#/compare?ids=" + [...selected].map(enc).join(",");
   });
   replace(root,
-    h("div", { class: "page-head" }, h("h1", {}, "Training jobs"), h("a", { href: "#/new", class: "button" }, "New job"), compareBtn),
+    h("div", { class: "page-head" }, h("h1", {}, "Training jobs"),
+      canWrite(await me()) ? h("a", { href: "#/new", class: "button", "data-testid": "page-new" }, "New job") : null, compareBtn),
     form,
     h("table", { class: "grid jobs", "data-testid": "jobs-table" },
       h("thead", {}, h("tr", {}, ["", "name", "status", "backend / trainer", "model", "created", "progress"].map((x) => h("th", {}, x)))),

@@ -100,9 +100,9 @@ class Page:
     def go(self, frag):
         self.p.evaluate("f => { location.hash = f }", frag)
 
-    def shot(self, name):
+    def shot(self, name, full_page=True):
         self.p.wait_for_timeout(300)
-        self.p.screenshot(path=str(SHOTS / (name + ".png")), full_page=True)
+        self.p.screenshot(path=str(SHOTS / (name + ".png")), full_page=full_page)
 
     def close(self, key=None):
         assert not self.errors, self.errors
@@ -143,6 +143,7 @@ def test_live_job_curve_grows_reconnects_logs_cancel_download(env, tmp_path):
     s = env["live"]
     pg = Page(env, s).signin(s.key)
     assert pg.p.evaluate("sessionStorage.getItem('lathe.key')") == s.key
+    assert pg.p.locator("[data-testid=page-new]").count() == 1 and pg.p.locator("[data-testid=nav-new]").count() == 1
     job = create(s, "live-sft", steps=STEPS, checkpoint_interval=STEPS, eval_dataset_ref=DS)
     # the table's live refresh shows the new job without a reload
     pg.p.wait_for_selector("[data-testid=job-row] >> text=live-sft", timeout=15000)
@@ -166,6 +167,7 @@ def test_live_job_curve_grows_reconnects_logs_cancel_download(env, tmp_path):
     assert dropped and len(seen) >= 6 and seen == sorted(seen), seen  # grew point by point while watched
     assert "ETA" in pg.p.text_content("[data-testid=progress-text]")
     pg.shot("job")
+    pg.shot("job-top", full_page=False)  # the README's picture (docs/img/dashboard-job.png is a copy)
     pg.p.click("[data-testid=btn-cancel]")
     pg.p.wait_for_selector(".badge[data-status=cancelled]", timeout=120000)
     final = get(s, job["id"])
@@ -210,6 +212,8 @@ def test_reader_sees_no_write_buttons(env):
     key = s.new_user("reader@example.com", role="reader")
     pg = Page(env, s).signin(key)
     assert "reader" in pg.p.text_content("[data-testid=who]")
+    pg.p.wait_for_selector("[data-testid=job-row] >> text=read-me")
+    assert pg.p.locator("[data-testid=page-new]").count() == 0
     pg.go("#/job/" + job["id"])
     pg.p.wait_for_selector("[data-testid=job-title] >> text=read-me")
     pg.p.wait_for_selector("[data-testid=stream-state] >> text=live")
