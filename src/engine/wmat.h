@@ -17,9 +17,10 @@
  * place when stored BF16) and goes to the bf16 GEMM of gemm_bf16.h; the GEMV (a few rows: decoding, bound by
  * the bytes read, not by arithmetic) multiplies the stored values in f32 under either mode.
  *
- * Numerics: every dequantized value equals gguf_dequantize's (ggml's dequantize_row_*) up to the rounding of
- * one fused multiply-add (Q4_1: q d + m), so results equal "dequantize the whole matrix, then sgemm" within
- * the rounding of a different summation order.
+ * Numerics: every dequantized value equals gguf_dequantize's (ggml's dequantize_row_*) exactly (same
+ * operations), so results equal "dequantize the whole matrix, then sgemm" within the rounding of a different
+ * summation order; the one-row Q4_1 GEMV sums d (q . x) + m sum(x) per block instead, the same sum
+ * regrouped (tests/unit/test_wmat.c bounds both by 1e-5 of sum |a w|).
  *
  * Threads: the kernels open their own OpenMP regions and must not be called from inside one. A wmat is
  * read-only; any number of callers may use one at once. */
