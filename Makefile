@@ -5,7 +5,6 @@
 #   make demo       install what is missing, build, run the newcomer flow (scripts/demo.sh)
 #   make asan       unit tests built with AddressSanitizer + UBSan (run by make test)
 #   make fuzz       libFuzzer targets (clang), run briefly by make test
-#   make CUDA=1     also build the CUDA backend (needs nvcc)
 #   make format     clang-format every C file
 #   make lint       the house checks (scripts/lint.sh): clang-format, cppcheck, layering, no weak references
 #
@@ -33,13 +32,6 @@ FUZZ    := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZBIN := $(FUZZ:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 ASANBIN := $(UNIT:tests/unit/%.c=$(BUILD)/asan/tests/%)
 
-ifeq ($(CUDA),1)
-CU_SRC  := $(sort $(shell find src -name '*.cu'))
-CU_OBJ  := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
-ALLCFLAGS += -DLATHE_CUDA=1
-LIBS    += -L/usr/local/cuda/lib64 -lcudart -lcublas
-endif
-
 .PHONY: all test demo asan fuzz unit format lint clean setup
 all: $(BUILD)/lathe
 
@@ -47,22 +39,15 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.o: %.cu
-	@mkdir -p $(dir $@)
-	nvcc -O3 -Isrc -c $< -o $@
-
-$(BUILD)/liblathe.a: $(OBJ) $(CU_OBJ)
+$(BUILD)/liblathe.a: $(OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-# --whole-archive: `model logprobs|sample` (cli/cmd_model.c) are still weak references, and a weak reference
-# alone does not pull a member out of a static library. The subcommands, route groups, migration areas and
-# cmd_train_local are strong. Drop this (link $(BUILD)/liblathe.a plainly, as the unit tests do) once
-# `make lint` finds no `#pragma weak` left.
-WHOLE = -Wl,--whole-archive $(1) -Wl,--no-whole-archive
+# The library is linked plainly, by the binary and the tests alike: every registration table (subcommands,
+# route groups, migration areas) names its entries directly, so a missing one is a link error.
 
 $(BUILD)/lathe: $(BUILD)/obj/src/cli/main.o $(BUILD)/liblathe.a
-	$(CC) $(ALLCFLAGS) $(BUILD)/obj/src/cli/main.o $(call WHOLE,$(BUILD)/liblathe.a) -o $@ $(LIBS)
+	$(CC) $(ALLCFLAGS) $(BUILD)/obj/src/cli/main.o $(BUILD)/liblathe.a -o $@ $(LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/liblathe.a
 	@mkdir -p $(dir $@)

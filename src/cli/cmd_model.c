@@ -5,7 +5,7 @@
  * size) and checks every tensor the config implies is present with the right shape, so a directory that
  * passes `info` is one the engine can load. tensors lists the tensors of a safetensors file or model
  * directory with a checksum of their f32 values (for cross-checking writers). logprobs and sample run the
- * model; they live in cmd_model_run.c and are weak references here, so this file builds without them.
+ * model; they live in cmd_model_run.c.
  *
  * Each verb is called with argv[0] = the verb name. Exit codes as in cli.h. */
 #include <errno.h>
@@ -22,12 +22,10 @@
 #include "util/strbuf.h"
 #include "util/util.h"
 
-int cmd_model_logprobs(int argc, char **argv);
-int cmd_model_sample(int argc, char **argv);
-int cmd_model_tensor(int argc, char **argv); /* cmd_model_tensor.c */
-int cmd_model_convert(int argc, char **argv); /* cmd_model_convert.c */
-#pragma weak cmd_model_logprobs
-#pragma weak cmd_model_sample
+int cmd_model_logprobs(int argc, char **argv); /* cmd_model_run.c */
+int cmd_model_sample(int argc, char **argv);   /* cmd_model_run.c */
+int cmd_model_tensor(int argc, char **argv);   /* cmd_model_tensor.c */
+int cmd_model_convert(int argc, char **argv);  /* cmd_model_convert.c */
 
 static void usage_model(FILE *f) {
     fputs(
@@ -184,7 +182,8 @@ static int cmd_init_tiny(int argc, char **argv) {
             char *end;
             double x = strtod(v, &end);
             if (*end || end == v || !(x > 0) || x > 10) {
-                fprintf(stderr, "lathe model init-tiny: --init-std must be a number in (0, 10], got '%s'\n", v);
+                fprintf(stderr, "lathe model init-tiny: --init-std must be a number in (0, 10], got '%s'\n",
+                        v);
                 return EXIT_USAGE;
             }
             o.init_std = x;
@@ -519,14 +518,8 @@ int cmd_model(int argc, char **argv) {
     if (!strcmp(verb, "tensors")) return cmd_tensors(argc - 1, argv + 1);
     if (!strcmp(verb, "tensor")) return cmd_model_tensor(argc - 1, argv + 1);
     if (!strcmp(verb, "convert")) return cmd_model_convert(argc - 1, argv + 1);
-    if (!strcmp(verb, "logprobs") || !strcmp(verb, "sample")) {
-        int (*fn)(int, char **) = !strcmp(verb, "logprobs") ? cmd_model_logprobs : cmd_model_sample;
-        if (!fn) {
-            fprintf(stderr, "lathe model %s: not available in this build\n", verb);
-            return EXIT_FAIL;
-        }
-        return fn(argc - 1, argv + 1);
-    }
+    if (!strcmp(verb, "logprobs")) return cmd_model_logprobs(argc - 1, argv + 1);
+    if (!strcmp(verb, "sample")) return cmd_model_sample(argc - 1, argv + 1);
     fprintf(stderr, "lathe model: unknown verb '%s'\n\n", verb);
     usage_model(stderr);
     return EXIT_USAGE;

@@ -285,9 +285,9 @@ int db_ping(db *d, lt_err *err) {
     return ok ? 0 : -1;
 }
 
-/* Declared in identity.h (a hook for the store's in-process caches). SQLite's `PRAGMA data_version` changes on a
- * connection whenever any other connection, in this process or another, committed since that connection last
- * read it; the first call on a connection, an error or another driver answer "changed". */
+/* Declared in identity.h (a hook for the store's in-process caches). SQLite's `PRAGMA data_version` changes
+ * on a connection whenever any other connection, in this process or another, committed since that connection
+ * last read it; the first call on a connection, an error or another driver answer "changed". */
 int db_changed_elsewhere(db *d) {
     lt_err err = {0};
     db_conn *c = conn_get(d, &err);

@@ -1,5 +1,5 @@
-/* identity.h: identity and tenancy in the store: users, orgs, workspaces, projects, memberships, API keys, and
- * idempotency records.
+/* identity.h: identity and tenancy in the store: users, orgs, workspaces, projects, memberships, API keys,
+ * and idempotency records.
  *
  * Every function takes the shared `db *` (see db.h) and a caller-owned lt_err. Return convention: 0 on
  * success, -1 with err on failure; err->code is 404 when the thing is not found, 409 when it already exists
