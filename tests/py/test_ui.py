@@ -16,6 +16,7 @@ to <build>/test-logs/ui/timing.txt. Skipped with a reason when Playwright or chr
 import io
 import pathlib
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -136,6 +137,8 @@ def test_headers_and_no_ui(env):
         assert off.get("/api/v1/user").status_code == 200
     finally:
         assert off.stop() == 0
+    bad = subprocess.run([str(LATHE_BIN), "serve", "--ui", "2"], capture_output=True, text=True, timeout=10)
+    assert bad.returncode == 2 and "--ui" in bad.stderr, bad.stderr
 
 
 def test_live_job_curve_grows_reconnects_logs_cancel_download(env, tmp_path):
