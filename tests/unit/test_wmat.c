@@ -28,6 +28,7 @@
 #include "engine/model.h"
 #include "engine/safetensors.h"
 #include "engine/sample.h"
+#include "engine/tiny.h"
 #include "engine/wmat.h"
 
 static uint64_t rng = 42;
@@ -418,12 +419,54 @@ static void test_smollm2_stored_equals_widened(void **state) {
     eng_model_free(f);
 }
 
+/* A BF16 / F16 safetensors checkpoint (init-tiny) keeps its matrices in the mapping, as stored, and gives
+ * what the same dir widened to f32 gives; an F32 checkpoint still loads into the f32 base. */
+static void test_safetensors_stored(void **state) {
+    (void)state;
+    const st_dtype dts[3] = {ST_BF16, ST_F16, ST_F32};
+    for (int i = 0; i < 3; i++) {
+        char dir[] = "/tmp/lathe-wmat-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        eng_tiny_opts o;
+        eng_tiny_defaults(&o);
+        o.dtype = dts[i], o.init_std = 0.1, o.tie = i == 1;
+        lt_err err;
+        lt_err_clear(&err);
+        assert_int_equal(eng_tiny_write(dir, &o, &err), 0);
+        eng_model *q = eng_model_load(dir, eng_kernels_cpu(), &err);
+        eng_model *f = eng_model_load_f32(dir, eng_kernels_cpu(), &err);
+        assert_non_null(q);
+        assert_non_null(f);
+        int want = dts[i] == ST_BF16 ? GGUF_BF16 : dts[i] == ST_F16 ? GGUF_F16 : GGUF_F32;
+        assert_int_equal(q->layers[1].Wu.type, want);
+        assert_int_equal(q->Whead.type, want);
+        assert_true(want == GGUF_F32 ? q->wtype == GGUF_F32 : q->wfile_kind == 2);
+        if (want != GGUF_F32) assert_true(eng_model_base_bytes(q) < eng_model_base_bytes(f) / 2 + 4096);
+        assert_non_null(strstr(q->load_note, want == GGUF_F32 ? "all f32" : gguf_type_name(want)));
+        enum { T = 12 };
+        int tok[T], tg[T];
+        for (int t = 0; t < T; t++)
+            tok[t] = 3 + (t * 37) % 250, tg[t] = t + 1 < T ? 3 + ((t + 1) * 37) % 250 : -1;
+        float lq[T], lf[T];
+        eng_model_step(q, tok, tg, 1, T, NULL, NULL, lq, NULL, 0, &err);
+        eng_model_step(f, tok, tg, 1, T, NULL, NULL, lf, NULL, 0, &err);
+        for (int t = 0; t < T - 1; t++)
+            assert_true(fabsf(lq[t] - lf[t]) <= 1e-4f * (fabsf(lf[t]) > 1 ? fabsf(lf[t]) : 1));
+        eng_model_free(q);
+        eng_model_free(f);
+        char cmd[256];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_refusals),
         cmocka_unit_test(test_kernels_every_type),
         cmocka_unit_test(test_model_stored_equals_widened),
         cmocka_unit_test(test_new_stored_refusals),
+        cmocka_unit_test(test_safetensors_stored),
         cmocka_unit_test(test_smollm2_stored_equals_widened),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
