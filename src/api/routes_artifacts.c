@@ -36,6 +36,7 @@
 #include "store/artifacts.h"
 #include "util/rows.h"
 #include "util/archive.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "util/manifest.h"
 #include "util/strbuf.h"
@@ -66,12 +67,6 @@ static manifest_kind manifest_kind_of(const char *kind) {
     return MANIFEST_DATASET;
 }
 
-static json_t *ts(int64_t ms) {
-    char buf[LT_TIME_LEN];
-    lt_time_fmt(ms, buf);
-    return json_string(buf);
-}
-
 static int64_t total_rows(const json_t *splits) {
     int64_t t = 0;
     const char *k;
@@ -95,7 +90,7 @@ static json_t *version_json(const artifact_version *v, const char *org_key) {
     json_object_set_new(o, "splits", json_incref(v->splits));
     if (!strcmp(v->kind, "dataset")) json_object_set_new(o, "row_count", json_integer(total_rows(v->splits)));
     if (v->prompt) json_object_set_new(o, "prompt", json_string(v->prompt));
-    json_object_set_new(o, "created_at", ts(v->created_at));
+    json_object_set_new(o, "created_at", lt_json_time(v->created_at));
     json_object_set_new(o, "created_by", v->created_by[0] ? json_string(v->created_by) : json_null());
     return o;
 }
@@ -571,8 +566,8 @@ static int h_list(api_req *req, api_resp *resp) {
         json_object_set_new(o, "latest_version", json_string(items[i].latest.version));
         json_object_set_new(o, "version_count", json_integer(items[i].versions));
         json_object_set_new(o, "latest", version_json(&items[i].latest, org.key));
-        json_object_set_new(o, "created_at", ts(items[i].created_at));
-        json_object_set_new(o, "updated_at", ts(items[i].updated_at));
+        json_object_set_new(o, "created_at", lt_json_time(items[i].created_at));
+        json_object_set_new(o, "updated_at", lt_json_time(items[i].updated_at));
         json_array_append_new(arr, o);
     }
     artifact_summaries_free(items, n);
@@ -609,8 +604,8 @@ static int h_show(api_req *req, api_resp *resp) {
     json_object_set_new(o, "name", json_string(name));
     json_object_set_new(o, "latest_version", json_string(vs[0].version));
     json_object_set_new(o, "versions", arr);
-    json_object_set_new(o, "created_at", ts(first));
-    json_object_set_new(o, "updated_at", ts(last));
+    json_object_set_new(o, "created_at", lt_json_time(first));
+    json_object_set_new(o, "updated_at", lt_json_time(last));
     artifact_versions_free(vs, n);
     api_json(resp, 200, o);
     return 0;

@@ -17,13 +17,8 @@
 
 #include "api/http.h"
 #include "store/identity.h"
+#include "util/json.h"
 #include "util/util.h"
-
-static json_t *time_json(int64_t ms) {
-    char buf[LT_TIME_LEN];
-    lt_time_fmt(ms, buf);
-    return json_string(buf);
-}
 
 static json_t *workspace_json(const store_workspace *w, const store_org *o, long project_count) {
     json_t *j = json_object();
@@ -37,8 +32,8 @@ static json_t *workspace_json(const store_workspace *w, const store_org *o, long
     json_object_set_new(j, "is_active", json_true());
     json_object_set_new(j, "is_default", json_boolean(w->is_default));
     json_object_set_new(j, "project_count", project_count >= 0 ? json_integer(project_count) : json_null());
-    json_object_set_new(j, "created_at", time_json(w->created_at));
-    json_object_set_new(j, "updated_at", time_json(w->created_at));
+    json_object_set_new(j, "created_at", lt_json_time(w->created_at));
+    json_object_set_new(j, "updated_at", lt_json_time(w->created_at));
     return j;
 }
 
@@ -88,8 +83,8 @@ static int get_org(api_req *req, api_resp *resp) {
     json_object_set_new(perm, "create_workspace", json_boolean(role >= STORE_ROLE_CONTRIBUTOR));
     json_object_set_new(perm, "manage_members", json_boolean(role >= STORE_ROLE_OWNER));
     json_object_set_new(j, "permissions", perm);
-    json_object_set_new(j, "created_at", time_json(org.created_at));
-    json_object_set_new(j, "updated_at", time_json(org.created_at));
+    json_object_set_new(j, "created_at", lt_json_time(org.created_at));
+    json_object_set_new(j, "updated_at", lt_json_time(org.created_at));
     api_json(resp, 200, j);
     return 0;
 }
@@ -151,8 +146,8 @@ static int get_project(api_req *req, api_resp *resp) {
     json_object_set_new(j, "description", json_null());
     json_object_set_new(j, "workspace_id", json_string(p.workspace_id));
     json_object_set_new(j, "is_default", json_boolean(p.is_default));
-    json_object_set_new(j, "created_at", time_json(p.created_at));
-    json_object_set_new(j, "updated_at", time_json(p.created_at));
+    json_object_set_new(j, "created_at", lt_json_time(p.created_at));
+    json_object_set_new(j, "updated_at", lt_json_time(p.created_at));
     api_json(resp, 200, j);
     return 0;
 }

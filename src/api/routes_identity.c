@@ -19,21 +19,11 @@
 #include <string.h>
 
 #include "api/http.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "util/util.h"
 
 /* ---- rendering ---- */
-
-static json_t *ts(int64_t ms) {
-    if (ms <= 0) return json_null();
-    char buf[LT_TIME_LEN];
-    lt_time_fmt(ms, buf);
-    return json_string(buf);
-}
-
-static json_t *str_or_null(const char *s) {
-    return s && *s ? json_string(s) : json_null();
-}
 
 static json_t *user_json(const store_user *u) {
     json_t *o = json_object();
@@ -41,9 +31,9 @@ static json_t *user_json(const store_user *u) {
     json_object_set_new(o, "email", json_string(u->email));
     /* the upstream SDK's User model reads email_address (docs/api.md, compatibility) */
     json_object_set_new(o, "email_address", json_string(u->email));
-    json_object_set_new(o, "username", str_or_null(u->username));
-    json_object_set_new(o, "full_name", str_or_null(u->full_name));
-    json_object_set_new(o, "created_at", ts(u->created_at));
+    json_object_set_new(o, "username", lt_json_str_or_null(u->username));
+    json_object_set_new(o, "full_name", lt_json_str_or_null(u->full_name));
+    json_object_set_new(o, "created_at", lt_json_time_or_null(u->created_at));
     return o;
 }
 
@@ -53,7 +43,7 @@ static json_t *org_json(const store_org *o, int role) {
     json_object_set_new(j, "key", json_string(o->key));
     json_object_set_new(j, "name", json_string(o->name));
     if (role) json_object_set_new(j, "role", json_string(store_role_name(role)));
-    json_object_set_new(j, "created_at", ts(o->created_at));
+    json_object_set_new(j, "created_at", lt_json_time_or_null(o->created_at));
     return j;
 }
 
@@ -65,7 +55,7 @@ static json_t *ws_json(const store_workspace *w, const char *org_key) {
     json_object_set_new(j, "organization_id", json_string(w->org_id));
     if (org_key) json_object_set_new(j, "org", json_string(org_key));
     json_object_set_new(j, "is_default", json_boolean(w->is_default));
-    json_object_set_new(j, "created_at", ts(w->created_at));
+    json_object_set_new(j, "created_at", lt_json_time_or_null(w->created_at));
     return j;
 }
 
@@ -77,7 +67,7 @@ static json_t *project_json(const store_project *p, const char *ws_key) {
     json_object_set_new(j, "workspace_id", json_string(p->workspace_id));
     if (ws_key) json_object_set_new(j, "workspace", json_string(ws_key));
     json_object_set_new(j, "is_default", json_boolean(p->is_default));
-    json_object_set_new(j, "created_at", ts(p->created_at));
+    json_object_set_new(j, "created_at", lt_json_time_or_null(p->created_at));
     return j;
 }
 
@@ -105,9 +95,9 @@ static json_t *key_json(db *d, const store_apikey *k) {
                             ? json_string(w.key)
                             : json_null());
     json_object_set_new(j, "scopes", scopes_json(k->scopes));
-    json_object_set_new(j, "created_at", ts(k->created_at));
-    json_object_set_new(j, "last_used_at", ts(k->last_used_at));
-    json_object_set_new(j, "revoked_at", ts(k->revoked_at));
+    json_object_set_new(j, "created_at", lt_json_time_or_null(k->created_at));
+    json_object_set_new(j, "last_used_at", lt_json_time_or_null(k->last_used_at));
+    json_object_set_new(j, "revoked_at", lt_json_time_or_null(k->revoked_at));
     return j;
 }
 
@@ -300,10 +290,10 @@ static int h_keys_create(api_req *req, api_resp *resp) {
     json_object_set_new(j, "key", json_string(key));
     json_object_set_new(j, "masked_key", json_string(k.masked));
     json_object_set_new(j, "name", json_string(k.name));
-    json_object_set_new(j, "org", str_or_null(org));
-    json_object_set_new(j, "workspace", str_or_null(ws));
+    json_object_set_new(j, "org", lt_json_str_or_null(org));
+    json_object_set_new(j, "workspace", lt_json_str_or_null(ws));
     json_object_set_new(j, "scopes", scopes_json(k.scopes));
-    json_object_set_new(j, "created_at", ts(k.created_at));
+    json_object_set_new(j, "created_at", lt_json_time_or_null(k.created_at));
     lt_log(LOG_INFO, "api key %s created for user %s", k.id, p->user.id);
     api_json(resp, 201, j);
     return 0;
@@ -484,10 +474,10 @@ static json_t *member_json(const store_user *u, int role, int64_t since) {
     json_t *j = json_object();
     json_object_set_new(j, "user_id", json_string(u->id));
     json_object_set_new(j, "email", json_string(u->email));
-    json_object_set_new(j, "username", str_or_null(u->username));
-    json_object_set_new(j, "full_name", str_or_null(u->full_name));
+    json_object_set_new(j, "username", lt_json_str_or_null(u->username));
+    json_object_set_new(j, "full_name", lt_json_str_or_null(u->full_name));
     json_object_set_new(j, "role", json_string(store_role_name(role)));
-    json_object_set_new(j, "created_at", ts(since));
+    json_object_set_new(j, "created_at", lt_json_time_or_null(since));
     return j;
 }
 

@@ -27,6 +27,7 @@
 #include "store/artifacts.h"
 #include "store/jobs.h"
 #include "catalog/catalog.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -167,10 +168,6 @@ static int r_project(void *ud, const char *key, char *out, size_t len, lt_err *e
     return 0;
 }
 
-static json_t *str_or_null(const char *s) {
-    return s && *s ? json_string(s) : json_null();
-}
-
 static int h_create(api_req *req, api_resp *resp) {
     scope_ctx sc;
     if (auth_write(req, resp, &sc)) return 0;
@@ -210,7 +207,7 @@ static int h_create(api_req *req, api_resp *resp) {
         if (at) *at = '\0';
     }
     json_t *user = json_pack("{s:s,s:s,s:s,s:o}", "id", u->id, "email", u->email, "username", uname,
-                             "full_name", str_or_null(u->full_name));
+                             "full_name", lt_json_str_or_null(u->full_name));
     jobs_new n = {
         sc.org.id, sc.ws.id, u->id, user, r.job, r.refs, req->ctx->cfg ? req->ctx->cfg->max_active_jobs : 0};
     json_t *job = NULL;
@@ -505,11 +502,9 @@ static int h_rl_context(api_req *req, api_resp *resp) {
     json_t *task = json_null();
     const char *tref = json_string_value(json_object_get(job, "task_ref"));
     if (tref) {
-        char name[256];
-        snprintf(name, sizeof name, "%s", tref);
-        char *at = strrchr(name, '@');
-        if (at) *at = '\0';
-        if (at && artifacts_get(d, sc.org.id, "task", name, at + 1, &v, &err) == 0) {
+        char *tname, *tversion;
+        lt_ref_split(tref, &tname, &tversion);
+        if (tversion && artifacts_get(d, sc.org.id, "task", tname, tversion, &v, &err) == 0) {
             json_t *man = v.manifest;
             /* s3_key: where the task archive is stored (here: its blob in the data dir) */
             task = json_pack(
@@ -521,6 +516,8 @@ static int h_rl_context(api_req *req, api_resp *resp) {
                 "ports", "sandbox_provider", "local", "s3_key", v.blob_digest);
             artifact_version_free(&v);
         }
+        free(tname);
+        free(tversion);
     }
     json_t *world = json_null();
     const char *wm = json_string_value(json_object_get(job, "world_manifest_id"));

@@ -1000,11 +1000,14 @@ void lc_print_json(FILE *f, const json_t *j) {
 }
 
 int lc_parse_ref(const char *s, const char *what, char **name, char **version, lt_err *err) {
-    const char *at = s ? strrchr(s, '@') : NULL;
-    if (!at || at == s || !at[1])
+    *name = *version = NULL;
+    if (s) lt_ref_split(s, name, version);
+    if (!*version || !**name || !**version) {
+        free(*name);
+        free(*version);
+        *name = *version = NULL;
         return lt_err_set(err, 2, "%s expects NAME@VERSION (e.g. my-data@0.1.0), got '%s'", what, s ? s : "");
-    *name = lt_strndup(s, (size_t)(at - s));
-    *version = lt_strdup(at + 1);
+    }
     return 0;
 }
 

@@ -137,15 +137,15 @@ static int v_list(lc_client *c, const lc_args *a, const char *group) {
 }
 
 static int v_show(lc_client *c, const lc_args *a, const char *group) {
-    const char *ref = a->pos[0], *at = strrchr(ref, '@');
+    char *name, *version;
+    lt_ref_split(a->pos[0], &name, &version);
     strbuf path = STRBUF_INIT;
     kind_path(&path, c, group);
     sb_putc(&path, '/');
-    char *name = at ? lt_strndup(ref, (size_t)(at - ref)) : lt_strdup(ref);
     lc_esc(&path, name);
-    if (at) {
+    if (version) {
         sb_putc(&path, '/');
-        lc_esc(&path, at + 1);
+        lc_esc(&path, version);
     }
     json_t *j = NULL;
     char what[64];
@@ -153,10 +153,12 @@ static int v_show(lc_client *c, const lc_args *a, const char *group) {
     int rc = call(c, "GET", path.buf, what, &j);
     sb_free(&path);
     free(name);
+    int has_version = version != NULL;
+    free(version);
     if (rc) return rc;
     if (lc_flag(a, "json")) {
         lc_print_json(stdout, j);
-    } else if (at) {
+    } else if (has_version) {
         print_version(j);
     } else {
         printf("name:      %s\nversions:\n", jstr(j, "name"));

@@ -1,11 +1,11 @@
 /* cmd_rl_rank.c: `lathe rl-rank`, one rank of a distributed Ray GRPO job, and its transport check.
  *
- *   lathe rl-rank DIR      run by mpirun (dist_run, src/train/dist.c), never by hand: one rank of the job
- *                          described in DIR/job.json
+ *   lathe rl-rank DIR      run by mpirun (dist_launch, src/train/dist.c), never by hand: one rank of the job
+ *                          described in DIR/job.json, run by the entry of rank_modes its "mode" names
  *   lathe rl-rank --check [--ranks N] [--hostfile F] [--dir D] [--chunk BYTES] [--crash-rank R]
  *                         [--refuse-event N] [--refuse-checkpoint] [--ignore-stop]
  *                          checks an MPI setup the way a job uses it: launches N ranks (default 3) through
- *                          dist_run's launcher, bcasts a float buffer, sends from every rank to rank 0,
+ *                          dist_launch, bcasts a float buffer, sends from every rank to rank 0,
  * relays events and a checkpoint to this process, and stops the ranks through the stop file. Prints one JSON
  * line per relayed event/checkpoint and a final {"result": ...}. Exit 0 when everything arrived intact.
  *
@@ -20,6 +20,8 @@
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "train/dist.h"
+#include "train/dist_check.h"
+#include "train/rl.h"
 #include "util/util.h"
 
 static void usage(FILE *f) {
@@ -185,6 +187,13 @@ static int run_check(const lc_args *a) {
     return ok ? EXIT_OK : EXIT_FAIL;
 }
 
+/* What a rank runs for each job.json "mode" (dist.h). */
+static const dist_rank_mode rank_modes[] = {
+    {"rl", tr_rl_rank_job},
+    {"check", dist_selftest},
+    {NULL, NULL},
+};
+
 int cmd_rl_rank(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -219,5 +228,5 @@ int cmd_rl_rank(int argc, char **argv) {
     }
     const char *dir = rc == -1 ? a.pos[0] : NULL; /* borrowed from argv */
     lc_args_free(&a);
-    return dir ? dist_rank_entry(dir, &argc, &argv) : rc;
+    return dir ? dist_rank_entry(dir, &argc, &argv, rank_modes) : rc;
 }

@@ -1,14 +1,17 @@
-/* dist.h: distributed execution of Ray GRPO jobs (`execution_mode: distributed`) under OpenMPI.
+/* dist.h: running a job on MPI ranks under OpenMPI (Ray GRPO's `execution_mode: distributed`, rl_dist.c, and
+ * the transport self-check, dist_check.h): the launcher, the rank-side entry and the transport. Nothing here
+ * knows what the ranks compute.
  *
- * Processes. The worker calls tr_rl_run, which (for a distributed job) calls dist_run. dist_run writes what
- * the ranks need into <work_dir>/dist/ and runs
+ * Processes. The caller (tr_rl_dist_run for a GRPO job) writes what the ranks need into <work_dir>/dist/
+ * and calls dist_launch, which writes DIR/job.json and runs
  *
  *     mpirun -np N [--hostfile F] [--allow-run-as-root] --oversubscribe --bind-to none [LATHE_MPI_ARGS]
  *            <lathe> rl-rank <work_dir>/dist
  *
- * with N = 1 + num_rollout_workers. Every rank (`lathe rl-rank DIR`, src/cli/cmd_rl_rank.c) calls
- * MPI_Init_thread, loads the inputs back (tr_inputs with rows, the base engine, the tokenizer), and calls
- * tr_rl_rank_main (rl.c). Rank 0 learns; ranks 1..N-1 sample. Rank 0's hooks are relayed to the parent:
+ * (for GRPO N = 1 + num_rollout_workers). Every rank (`lathe rl-rank DIR`, src/cli/cmd_rl_rank.c) calls
+ * MPI_Init_thread and runs the function job.json's "mode" names in cmd_rl_rank.c's table ("rl": the GRPO
+ * job, rl.h's tr_rl_rank_job; "check": dist_check.h's dist_selftest). Rank 0's hooks are relayed to the
+ * parent:
  *
  *   event        a JSON line on rank 0's stdout (mpirun forwards it to the parent's pipe), which the parent
  *                passes to h->event. Asynchronous: when the parent's hook fails, the parent writes
@@ -18,15 +21,16 @@
  *   stop         every rank: 1 once DIR/stop exists (the parent writes it when h->stop() turns 1), DIR/fail
  *                exists, or the parent process is gone (checked on the parent's host).
  * On other ranks event and checkpoint are no-ops that return 0. Every rank's stdout and stderr go to
- * DIR/rank-<r>.log (when a rank crashes, dist_run's error quotes its tail). Every rank writes its outcome to
- * DIR/rank-<r>.json ({"rank", "status": TR_*, "final_metrics" (rank 0), "error": {code, message}}); a failed
- * rank then calls MPI_Abort so that no other rank waits for it forever. The parent's result is rank 0's.
+ * DIR/rank-<r>.log (when a rank crashes, dist_launch's error quotes its tail). Every rank writes its outcome
+ * to DIR/rank-<r>.json ({"rank", "status": TR_*, "final_metrics" (rank 0), "error": {code, message}}); a
+ * failed rank then calls MPI_Abort so that no other rank waits for it forever. The parent's result is rank
+ * 0's.
  *
  * Requirements when ranks run on other machines (see docs/distributed.md): the same lathe binary path, and
  * DIR, the base model directory, init_adapter and resume_dir at the same paths on every host (a shared file
  * system), passwordless ssh between the hosts (OpenMPI's launcher).
  *
- * Environment read by dist_run:
+ * Environment read by dist_launch:
  *   LATHE_MPIRUN         mpirun to run (default: `mpirun` on PATH)
  *   LATHE_MPI_HOSTFILE   an OpenMPI hostfile (`--hostfile`); default: every rank on this machine
  *   LATHE_MPI_ARGS       extra mpirun arguments, split on spaces (e.g. "--mca btl self,tcp")
@@ -50,44 +54,35 @@
 
 #define DIST_TAG_MAX 30000
 
-/* Parent side: runs the job on nranks ranks (see above) and blocks until mpirun exits. Returns what rank 0's
- * tr_rl_rank_main returned: TR_DONE, TR_STOPPED, or TR_FAILED with err (mpirun missing: "install openmpi-bin
- * (scripts/setup.sh)"; a rank crashed or exited early: which one and the tail of its log). *final_metrics is
- * a new reference (may be set to NULL when rank 0 reported none). */
-int dist_run(const tr_inputs *in, const tr_hooks *h, int nranks, json_t **final_metrics, lt_err *err);
+/* Parent side. A fresh DIR for a run: <work_dir>/dist, emptied (malloc'd; NULL with err). */
+char *dist_prepare_dir(const char *work_dir, lt_err *err);
 
-/* The same launcher with `lathe rl-rank --check`'s transport exchange instead of training (dist_selftest
- * below on every rank). Used by `lathe rl-rank --check` to test an MPI setup (a hostfile) and by the tests.
- */
-int dist_check(const char *work_dir, const tr_hooks *h, int nranks, json_t **final_metrics, lt_err *err);
+/* Runs nranks ranks on DIR (see above): adds parent_pid/parent_host to job (an object with "mode" naming an
+ * entry of the ranks' dist_rank_mode table, plus whatever that mode reads), writes DIR/job.json and blocks
+ * until mpirun exits. Returns what rank 0's mode function returned: TR_DONE, TR_STOPPED, or TR_FAILED with
+ * err (mpirun missing: "install openmpi-bin (scripts/setup.sh)"; a rank crashed or exited early: which one
+ * and the tail of its log). *final_metrics is a new reference (NULL when rank 0 reported none). */
+int dist_launch(const char *dir, json_t *job, const tr_hooks *h, int nranks, json_t **final_metrics,
+                lt_err *err);
 
-/* dist_check with options merged into the ranks' job.json: {"chunk": bytes (transport chunk size, to test
- * chunking with small buffers), "crash_rank": r (that rank aborts after the bcast, to test crash reports),
- * "ignore_stop": true (rank 0 never honours the stop request, to test LATHE_DIST_STOP_GRACE_S)}.
- */
-int dist_check_opts(const char *work_dir, const tr_hooks *h, int nranks, const json_t *opts,
-                    json_t **final_metrics, lt_err *err);
+/* Files in DIR: JSON written atomically and read back (path names the file in errors), and the absolute form
+ * of a path the ranks open (realpath, or a copy of p when it does not exist; NULL in, NULL out). */
+int dist_write_json(const char *path, const json_t *j, lt_err *err);
+json_t *dist_read_json(const char *path, lt_err *err);
+char *dist_abs_path(const char *p);
 
-/* `lathe rl-rank DIR`: MPI_Init_thread, this rank's log, the job in DIR/job.json (mode "rl": the inputs
- * loaded back and tr_rl_rank_main; mode "check": dist_selftest), DIR/rank-<r>.json, MPI_Finalize (MPI_Abort
- * after a failure, so that no rank waits forever). Returns the process exit code. */
-int dist_rank_entry(const char *dir, int *argc, char ***argv);
+/* Rank side: what a job.json "mode" runs on every rank, between MPI_Init and MPI_Finalize. dir is DIR, job
+ * the parsed job.json, h the hooks relayed to the parent (no-ops on ranks other than 0). Returns TR_DONE,
+ * TR_STOPPED or TR_FAILED with err. */
+typedef struct dist_rank_mode {
+    const char *name;
+    int (*run)(const char *dir, const json_t *job, const tr_hooks *h, json_t **final_metrics, lt_err *err);
+} dist_rank_mode;
 
-/* The rows files in DIR: a rows_set as JSON {rows, lines, file, files, splits} and back (out is overwritten;
- * free it with rows_set_free). path names the file in errors. */
-json_t *dist_rows_to_json(const rows_set *s);
-int dist_rows_from_json(const json_t *o, rows_set *out, const char *path, lt_err *err);
-
-/* Rank side, implemented by rl.c: the GRPO job on this rank. in/h as for tr_rl_run (h relays to the parent on
- * rank 0). Called on every rank between MPI_Init and MPI_Finalize. Returns TR_DONE, TR_STOPPED or TR_FAILED.
- */
-int tr_rl_rank_main(const tr_inputs *in, const tr_hooks *h, json_t **final_metrics, lt_err *err);
-
-/* Rank side: the transport self-test (`rl-rank --check`): a bcast of a float buffer from rank 0, an
- * allreduce, sends from every rank > 0 to rank 0 received with dist_probe + dist_recv from any source, three
- * step events and a checkpoint through h (rank 0), then, when job.wait_stop is true, h->stop polled on rank 0
- * and its answer broadcast until it turns 1. Returns TR_DONE, TR_STOPPED, or TR_FAILED with err. */
-int dist_selftest(const json_t *job, const tr_hooks *h, json_t **final_metrics, lt_err *err);
+/* `lathe rl-rank DIR`: MPI_Init_thread, this rank's log, the job in DIR/job.json run by the entry of modes
+ * (ended by a {NULL, NULL} entry) its "mode" names, DIR/rank-<r>.json, MPI_Finalize (MPI_Abort after a
+ * failure, so that no rank waits forever). Returns the process exit code. */
+int dist_rank_entry(const char *dir, int *argc, char ***argv, const dist_rank_mode *modes);
 
 /* ---- transport (rank processes only) ---- */
 

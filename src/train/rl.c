@@ -20,8 +20,8 @@
  * batches ahead (at most 1, resp. max_steps_off_policy, waiting), taking the learner's published weights
  * before each batch; the learner drops a batch whose staleness (learner version - generating version) exceeds
  * max_steps_off_policy and has it regenerated. Threads: the sampler thread runs 1 OpenMP thread, the learner
- * max(1, threads - 1), so the process keeps `threads` busy. GRPO distributed: dist_run (dist.h) and
- * tr_rl_rank_main below. */
+ * max(1, threads - 1), so the process keeps `threads` busy. GRPO distributed: tr_rl_dist_run (rl_dist.c, on
+ * dist.h's launcher and transport) and tr_rl_rank_main below. */
 #include "train/rl.h"
 
 #include <math.h>
@@ -251,16 +251,14 @@ static int add_items(rl_run *r, const rows_set *rs, const char *what, rl_items *
             }
             if (out->n == out->cap) {
                 out->cap = out->cap ? 2 * out->cap : 64;
-                rl_item *nv = realloc(out->v, out->cap * sizeof *nv);
-                if (!nv) abort();
+                rl_item *nv = lt_xrealloc(out->v, out->cap * sizeof *nv);
                 out->v = nv;
             }
             rl_item *x = &out->v[out->n++];
             size_t skip = ro.n > (size_t)max_prompt ? ro.n - (size_t)max_prompt : 0;
             if (skip) out->truncated++;
             x->np = (int)(ro.n - skip);
-            x->prompt = malloc((size_t)(x->np > 0 ? x->np : 1) * sizeof(int));
-            if (!x->prompt) abort();
+            x->prompt = lt_xmalloc((size_t)(x->np > 0 ? x->np : 1) * sizeof(int));
             memcpy(x->prompt, ro.ids + skip, (size_t)x->np * sizeof(int));
             x->item = json_incref(it);
             render_out_free(&ro);
@@ -312,11 +310,9 @@ static char *completion_text(const rl_run *r, const eng_sequence *s) {
 static int sample_items(const rl_run *r, eng_engine *e, const rl_items *items, const size_t *idx, int nidx,
                         int group, double temp, long index, uint64_t salt, const int *seedpos, rl_batch **out,
                         lt_err *err) {
-    rl_batch *b = calloc(1, sizeof *b);
-    if (!b) abort();
+    rl_batch *b = lt_xcalloc(1, sizeof *b);
     b->index = index;
-    b->r = calloc((size_t)nidx * (size_t)group, sizeof *b->r);
-    if (!b->r) abort();
+    b->r = lt_xcalloc((size_t)nidx * (size_t)group, sizeof *b->r);
     int stop_ids[8];
     int nsi = r->stops.n_stop_ids;
     memcpy(stop_ids, r->stops.stop_ids, (size_t)nsi * sizeof(int));
@@ -372,8 +368,7 @@ static int sample_items(const rl_run *r, eng_engine *e, const rl_items *items, c
 /* The training batch of step `index`: the cyclic window of batch_size items. */
 static int gen_batch(const rl_run *r, eng_engine *e, long index, rl_batch **out, lt_err *err) {
     size_t nb = (size_t)r->c.batch;
-    size_t *idx = malloc(nb * sizeof *idx);
-    if (!idx) abort();
+    size_t *idx = lt_xmalloc(nb * sizeof *idx);
     for (size_t i = 0; i < nb; i++)
         idx[i] = (size_t)(((unsigned long long)index * nb + i) % r->items.n);
     int rc =
@@ -403,8 +398,7 @@ static int learn(rl_run *r, const rl_batch *b, step_stats *st, lt_err *err) {
     st->reward_mean = st->rws.sum / (n ? n : 1);
     st->reward_max = st->rws.max;
     st->reward_min = st->rws.min;
-    double *A = calloc((size_t)n + 1, sizeof *A);
-    if (!A) abort();
+    double *A = lt_xcalloc((size_t)n + 1, sizeof *A);
     for (int g0 = 0; g0 < n; g0 += G) {
         int gn = g0 + G <= n ? G : n - g0;
         double mean = 0;
@@ -424,19 +418,17 @@ static int learn(rl_run *r, const rl_batch *b, step_stats *st, lt_err *err) {
         }
     }
     /* datums: prompt + completion, shifted by one */
-    eng_datum *d = calloc((size_t)n, sizeof *d);
-    int **tok = calloc((size_t)n, sizeof *tok), **tgt = calloc((size_t)n, sizeof *tgt);
-    float **adv = calloc((size_t)n, sizeof *adv), **q = calloc((size_t)n, sizeof *q);
-    if (!d || !tok || !tgt || !adv || !q) abort();
+    eng_datum *d = lt_xcalloc((size_t)n, sizeof *d);
+    int **tok = lt_xcalloc((size_t)n, sizeof *tok), **tgt = lt_xcalloc((size_t)n, sizeof *tgt);
+    float **adv = lt_xcalloc((size_t)n, sizeof *adv), **q = lt_xcalloc((size_t)n, sizeof *q);
     for (int i = 0; i < n; i++) {
         const rl_rollout *ro = &b->r[i];
         const rl_item *it = &r->items.v[ro->item];
         int L = it->np + ro->n, m = L - 1;
-        tok[i] = malloc((size_t)m * sizeof(int));
-        tgt[i] = malloc((size_t)m * sizeof(int));
-        adv[i] = malloc((size_t)m * sizeof(float));
-        q[i] = malloc((size_t)m * sizeof(float));
-        if (!tok[i] || !tgt[i] || !adv[i] || !q[i]) abort();
+        tok[i] = lt_xmalloc((size_t)m * sizeof(int));
+        tgt[i] = lt_xmalloc((size_t)m * sizeof(int));
+        adv[i] = lt_xmalloc((size_t)m * sizeof(float));
+        q[i] = lt_xmalloc((size_t)m * sizeof(float));
         for (int k = 0; k < m; k++) {
             int next = k + 1 < it->np ? it->prompt[k + 1] : ro->tokens[k + 1 - it->np];
             tok[i][k] = k < it->np ? it->prompt[k] : ro->tokens[k - it->np];
@@ -460,8 +452,7 @@ static int learn(rl_run *r, const rl_batch *b, step_stats *st, lt_err *err) {
         while (i1 < n && (i1 == i0 || (toks + d[i1].n <= 4096 && i1 - i0 < 16)))
             toks += d[i1++].n;
         size_t nt = eng_datums_tokens(d + i0, i1 - i0);
-        float *lp = malloc(nt * sizeof *lp);
-        if (!lp) abort();
+        float *lp = lt_xmalloc(nt * sizeof *lp);
         double ls = 0;
         rc = eng_forward_backward(r->learner, d + i0, i1 - i0, r->c.loss, cfg, ncfg, lp, &ls, err);
         if (!rc) {
@@ -522,8 +513,7 @@ static void put1i(json_t *m, const char *k, long v) {
 static int run_eval(rl_run *r, long step, lt_err *err) {
     if (!r->evals.n) return 0;
     size_t ne = r->evals.n < (size_t)r->c.eval_max ? r->evals.n : (size_t)r->c.eval_max;
-    size_t *idx = malloc(ne * sizeof *idx);
-    if (!idx) abort();
+    size_t *idx = lt_xmalloc(ne * sizeof *idx);
     for (size_t i = 0; i < ne; i++)
         idx[i] = i;
     rl_batch *b = NULL;
@@ -671,16 +661,14 @@ static void *sampler_main(void *arg) {
 }
 
 static int async_start(rl_run *r, long first_index, lt_err *err) {
-    rl_async *a = calloc(1, sizeof *a);
-    if (!a) abort();
+    rl_async *a = lt_xcalloc(1, sizeof *a);
     r->as = a;
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
     a->cap = (int)(r->c.max_off < 32 ? r->c.max_off : 32);
     if (a->cap < 1) a->cap = 1;
-    a->q = calloc((size_t)a->cap + 2, sizeof *a->q);
-    a->pub = malloc(r->learner->m->n_lora * sizeof(float));
-    if (!a->q || !a->pub) abort();
+    a->q = lt_xcalloc((size_t)a->cap + 2, sizeof *a->q);
+    a->pub = lt_xmalloc(r->learner->m->n_lora * sizeof(float));
     memcpy(a->pub, r->learner->m->lora_p, r->learner->m->n_lora * sizeof(float));
     a->pub_version = a->eng_version = r->version;
     a->next_index = first_index;
@@ -778,8 +766,7 @@ typedef struct wbuf {
 static void wput(wbuf *b, const void *x, size_t n) {
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 256;
-        b->p = realloc(b->p, b->cap);
-        if (!b->p) abort();
+        b->p = lt_xrealloc(b->p, b->cap);
     }
     memcpy(b->p + b->n, x, n);
     b->n += n;
@@ -812,15 +799,13 @@ static void share_pack(const rl_batch *b, wbuf *w) {
 static int share_unpack(const char *buf, size_t n, size_t nitems, rl_batch **out, lt_err *err) {
     const char *p = buf, *end = buf + n;
     int64_t cnt;
-    rl_batch *b = calloc(1, sizeof *b);
-    if (!b) abort();
+    rl_batch *b = lt_xcalloc(1, sizeof *b);
     *out = b;
     if (rget(&p, end, &cnt, 8)) return lt_err_set(err, 500, "distributed: a truncated rollout message");
     if (cnt < 0) return lt_err_set(err, 500, "a rollout worker failed: %.*s", (int)(end - p), p);
     if (rget(&p, end, &b->sample_s, 8) || rget(&p, end, &b->score_s, 8) || cnt > (1 << 26))
         return lt_err_set(err, 500, "distributed: a truncated rollout message");
-    b->r = calloc((size_t)cnt + 1, sizeof *b->r);
-    if (!b->r) abort();
+    b->r = lt_xcalloc((size_t)cnt + 1, sizeof *b->r);
     for (int64_t i = 0; i < cnt; i++) {
         rl_rollout *r = &b->r[b->n];
         int32_t h[4];
@@ -828,9 +813,8 @@ static int share_unpack(const char *buf, size_t n, size_t nitems, rl_batch **out
             (size_t)h[0] >= nitems)
             return lt_err_set(err, 500, "distributed: a malformed rollout message");
         r->item = h[0], r->n = h[1], r->res.passed = h[2], r->res.extraction_failed = h[3];
-        r->tokens = malloc((size_t)(r->n + 1) * sizeof(int));
-        r->logprobs = malloc((size_t)(r->n + 1) * sizeof(float));
-        if (!r->tokens || !r->logprobs) abort();
+        r->tokens = lt_xmalloc((size_t)(r->n + 1) * sizeof(int));
+        r->logprobs = lt_xmalloc((size_t)(r->n + 1) * sizeof(float));
         b->n++;
         if (rget(&p, end, r->tokens, (size_t)r->n * sizeof(int)) ||
             rget(&p, end, r->logprobs, (size_t)r->n * sizeof(float)))
@@ -858,8 +842,7 @@ static int dist_bcast_adapter(rl_run *r, eng_engine *e, lt_err *err) {
 /* Round k on rank 0 (see above). force_quit: tell the samplers to stop after this round. */
 static int dist_round(rl_run *r, long k, int force_quit, lt_err *err) {
     int W = dist_size() - 1;
-    rl_batch **sh = calloc((size_t)W, sizeof *sh);
-    if (!sh) abort();
+    rl_batch **sh = lt_xcalloc((size_t)W, sizeof *sh);
     int rc = 0;
     lt_err e2 = {0};
     for (int w = 0; w < W; w++) {
@@ -894,14 +877,11 @@ static int dist_round(rl_run *r, long k, int force_quit, lt_err *err) {
     r->dist = quit ? 1 : 2; /* 2: the samplers are working on step k + 1 */
     if (!rc && !force_quit) {
         /* assemble: prompt p's group comes from rank p % W + 1, in prompt order */
-        rl_batch *b = calloc(1, sizeof *b);
-        if (!b) abort();
+        rl_batch *b = lt_xcalloc(1, sizeof *b);
         b->index = k;
         b->version = gen_version;
-        b->r = calloc((size_t)r->c.batch * (size_t)r->c.group + 1, sizeof *b->r);
-        if (!b->r) abort();
-        int *cur = calloc((size_t)W, sizeof *cur);
-        if (!cur) abort();
+        b->r = lt_xcalloc((size_t)r->c.batch * (size_t)r->c.group + 1, sizeof *b->r);
+        int *cur = lt_xcalloc((size_t)W, sizeof *cur);
         for (long p = 0; p < r->c.batch && !rc; p++) {
             int w = (int)(p % W);
             for (long g = 0; g < r->c.group; g++) {
@@ -960,9 +940,8 @@ static int sampler_rank(rl_run *r, long start, lt_err *err) {
         eng_close(e);
         return 0;
     }
-    size_t *idx = malloc((size_t)r->c.batch * sizeof *idx);
-    int *pos = malloc((size_t)r->c.batch * sizeof *pos);
-    if (!idx || !pos) abort();
+    size_t *idx = lt_xmalloc((size_t)r->c.batch * sizeof *idx);
+    int *pos = lt_xmalloc((size_t)r->c.batch * sizeof *pos);
     for (long k = start;; k++) {
         int ni = 0;
         for (long p = me - 1; p < r->c.batch; p += W) {
@@ -1131,8 +1110,7 @@ static int setup(rl_run *r, lt_err *err) {
     render_stops_for(in->tok, r->kind, &r->stops);
     const json_t *stop = json_object_get(in->eff, "stop");
     size_t ns = (size_t)r->stops.n_stop_strings + json_array_size(stop);
-    r->stop_strings = calloc(ns + 1, sizeof *r->stop_strings);
-    if (!r->stop_strings) abort();
+    r->stop_strings = lt_xcalloc(ns + 1, sizeof *r->stop_strings);
     for (int k = 0; k < r->stops.n_stop_strings; k++)
         r->stop_strings[r->n_stop_strings++] = r->stops.stop_strings[k];
     for (size_t k = 0; k < json_array_size(stop); k++) {
@@ -1268,7 +1246,7 @@ int tr_rl_run(const tr_inputs *in, const tr_hooks *h, json_t **final_metrics_out
     if (final_metrics_out) *final_metrics_out = NULL;
     rl_run r = {.in = in, .h = h};
     if (parse_cfg(in, &r.c, err)) return TR_FAILED;
-    if (r.c.mode == MODE_DIST) return dist_run(in, h, (int)(1 + r.c.workers), final_metrics_out, err);
+    if (r.c.mode == MODE_DIST) return tr_rl_dist_run(in, h, (int)(1 + r.c.workers), final_metrics_out, err);
     int result = TR_FAILED;
     if (setup(&r, err)) goto done;
     result = run_local(&r, final_metrics_out, err);

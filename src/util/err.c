@@ -1,8 +1,9 @@
-/* err.c: formatting helpers for lt_err (see err.h). */
+/* err.c: formatting helpers for lt_err, and the allocators that abort on out of memory (see err.h). */
 #include "util/err.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int lt_err_set(lt_err *err, int code, const char *fmt, ...) {
@@ -31,4 +32,27 @@ void lt_err_prefix(lt_err *err, const char *fmt, ...) {
         memcpy(err->msg + n, old, ol);
         err->msg[(size_t)n + ol] = '\0';
     }
+}
+
+static void out_of_memory(size_t n) {
+    fprintf(stderr, "lathe: out of memory (%zu bytes)\n", n);
+    abort();
+}
+
+void *lt_xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) out_of_memory(n);
+    return p;
+}
+
+void *lt_xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) out_of_memory(count * size);
+    return p;
+}
+
+void *lt_xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) out_of_memory(n);
+    return q;
 }

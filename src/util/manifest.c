@@ -24,6 +24,7 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "util/json.h"
 #include "util/strbuf.h"
 #include "util/util.h"
 
@@ -457,23 +458,7 @@ static int line_of(ctx *c, const char *ptr) {
 }
 
 static const char *type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "a mapping";
-    case JSON_ARRAY:
-        return "a list";
-    case JSON_STRING:
-        return "text";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    default:
-        return "null";
-    }
+    return lt_json_type_name(v, LT_WORDS_YAML);
 }
 
 /* Reads the optional/required string field `key` of the root mapping into *out (borrowed). A present null

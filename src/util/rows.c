@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/json.h"
 #include "util/strbuf.h"
 #include "util/util.h"
 
@@ -90,22 +91,7 @@ static int perr(pctx *c, long line, const char *fmt, ...) {
 }
 
 static const char *type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "a list";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    default:
-        return "null";
-    }
+    return lt_json_type_name(v, LT_WORDS_JSON);
 }
 
 /* Hands one parsed row (a new reference, consumed) to the callback. */

@@ -34,8 +34,8 @@ void lt_time_fmt(int64_t ms, char out[LT_TIME_LEN]) {
     struct tm tm;
     gmtime_r(&s, &tm);
     char buf[64]; /* generous: the compiler cannot prove tm's fields are in range */
-    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
     memcpy(out, buf, LT_TIME_LEN - 1);
     out[LT_TIME_LEN - 1] = '\0';
 }
@@ -43,8 +43,8 @@ void lt_time_fmt(int64_t ms, char out[LT_TIME_LEN]) {
 int lt_time_parse(const char *s, int64_t *ms) {
     struct tm tm = {0};
     int msec = 0;
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
-               &tm.tm_sec, &msec) != 7)
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &msec) != 7)
         return -1;
     tm.tm_year -= 1900;
     tm.tm_mon -= 1;
@@ -70,8 +70,8 @@ void lt_uuid4(char out[LT_UUID_LEN]) {
     lt_random_bytes(b, sizeof b);
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    snprintf(out, LT_UUID_LEN, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    snprintf(out, LT_UUID_LEN, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
 int lt_is_uuid(const char *s) {
@@ -109,7 +109,8 @@ void lt_sha256_hex(const void *data, size_t n, char out[LT_SHA256_HEX]) {
 int lt_ct_equal(const void *a, const void *b, size_t n) {
     const volatile uint8_t *x = a, *y = b;
     uint8_t acc = 0;
-    for (size_t i = 0; i < n; i++) acc |= (uint8_t)(x[i] ^ y[i]);
+    for (size_t i = 0; i < n; i++)
+        acc |= (uint8_t)(x[i] ^ y[i]);
     return acc == 0;
 }
 
@@ -120,13 +121,11 @@ char *lt_read_file(const char *path, size_t *len, lt_err *err) {
         return NULL;
     }
     size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    if (!buf) abort();
+    char *buf = lt_xmalloc(cap);
     for (;;) {
         if (n + 1 >= cap) {
             cap *= 2;
-            char *p = realloc(buf, cap);
-            if (!p) abort();
+            char *p = lt_xrealloc(buf, cap);
             buf = p;
         }
         size_t r = fread(buf + n, 1, cap - n - 1, f);
@@ -159,8 +158,7 @@ static void fsync_dir_of(const char *path) {
 
 int lt_write_file_atomic(const char *path, const void *data, size_t n, int mode, lt_err *err) {
     size_t plen = strlen(path) + 32;
-    char *tmp = malloc(plen);
-    if (!tmp) abort();
+    char *tmp = lt_xmalloc(plen);
     snprintf(tmp, plen, "%s.tmp.%d", path, (int)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode ? mode : 0644);
     if (fd < 0) {
@@ -236,8 +234,7 @@ int lt_rm_rf(const char *path) {
 
 char *lt_path_join(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
-    char *p = malloc(la + lb + 2);
-    if (!p) abort();
+    char *p = lt_xmalloc(la + lb + 2);
     memcpy(p, a, la);
     size_t o = la;
     if (la && a[la - 1] != '/') p[o++] = '/';
@@ -247,23 +244,31 @@ char *lt_path_join(const char *a, const char *b) {
 
 char *lt_strdup(const char *s) {
     if (!s) return NULL;
-    char *p = strdup(s);
-    if (!p) abort();
+    size_t n = strlen(s) + 1;
+    char *p = lt_xmalloc(n);
+    memcpy(p, s, n);
     return p;
 }
 
 char *lt_strndup(const char *s, size_t n) {
-    char *p = malloc(n + 1);
-    if (!p) abort();
+    char *p = lt_xmalloc(n + 1);
     memcpy(p, s, n);
     p[n] = '\0';
     return p;
 }
 
+void lt_ref_split(const char *ref, char **name, char **version) {
+    const char *at = strrchr(ref, '@');
+    *name = at ? lt_strndup(ref, (size_t)(at - ref)) : lt_strdup(ref);
+    *version = at ? lt_strdup(at + 1) : NULL;
+}
+
 char *lt_strip(char *s) {
-    while (*s && isspace((unsigned char)*s)) s++;
+    while (*s && isspace((unsigned char)*s))
+        s++;
     size_t n = strlen(s);
-    while (n > 0 && isspace((unsigned char)s[n - 1])) s[--n] = '\0';
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
     return s;
 }
 
@@ -278,17 +283,21 @@ int lt_utf8_valid(const char *str, size_t n) {
         }
         int len;
         uint32_t cp;
-        if ((c & 0xe0) == 0xc0) len = 2, cp = c & 0x1f;
-        else if ((c & 0xf0) == 0xe0) len = 3, cp = c & 0x0f;
-        else if ((c & 0xf8) == 0xf0) len = 4, cp = c & 0x07;
-        else return 0;
+        if ((c & 0xe0) == 0xc0)
+            len = 2, cp = c & 0x1f;
+        else if ((c & 0xf0) == 0xe0)
+            len = 3, cp = c & 0x0f;
+        else if ((c & 0xf8) == 0xf0)
+            len = 4, cp = c & 0x07;
+        else
+            return 0;
         if (i + (size_t)len > n) return 0;
         for (int k = 1; k < len; k++) {
             if ((s[i + k] & 0xc0) != 0x80) return 0;
             cp = (cp << 6) | (s[i + k] & 0x3f);
         }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff))
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
             return 0;
         i += (size_t)len;
     }

@@ -329,6 +329,152 @@ static int find_resume(wk_run *r, char name[256], int64_t *step, char blob[BLOB_
     return found;
 }
 
+/* The checkpoint an interrupted run of this attempt resumes from (find_resume). */
+typedef struct resume_pt {
+    int found;
+    char name[256], blob[BLOB_DIGEST_LEN];
+    int64_t step;
+    char *dir; /* <work_dir>/resume once unpacked (owned) */
+} resume_pt;
+
+/* This attempt's work dir, fresh: <data dir>/work/<id>/attempt-<n>. */
+static int open_work_dir(wk_run *r, const json_t *job, lt_err *err) {
+    r->attempt = json_integer_value(json_object_get(job, "attempt"));
+    char *jd = job_dir(r->o, r->id), sub[64];
+    snprintf(sub, sizeof sub, "attempt-%lld", (long long)r->attempt);
+    r->work_dir = lt_path_join(jd, sub);
+    free(jd);
+    lt_rm_rf(r->work_dir); /* leftovers of an interrupted run of this attempt */
+    return lt_mkdir_p(r->work_dir, 0755, err);
+}
+
+/* The resume checkpoint unpacked into <work_dir>/resume and the job's metrics trimmed to its step. */
+static int unpack_resume(wk_run *r, resume_pt *rs, lt_err *err) {
+    rs->dir = lt_path_join(r->work_dir, "resume");
+    if (wk_unpack_blob(r->o->blobs, rs->blob, rs->dir, err) != 0) {
+        lt_err_prefix(err, "cannot unpack checkpoint %s to resume from: ", rs->name);
+        return -1;
+    }
+    if (jobs_trim_metrics(r->o->db, r->id, rs->step, err) != 0) return -1;
+    log_line(r, JOBS_LOG_INFO, "resumed from checkpoint %s (step %lld)", rs->name, (long long)rs->step);
+    return 0;
+}
+
+static int is_rl_job(const json_t *job) {
+    return jstr(job, "trainer_type") && strcmp(jstr(job, "trainer_type"), "rl") == 0;
+}
+
+static int report_start(wk_run *r, const json_t *job, const resume_pt *rs, lt_err *err) {
+    const json_t *eff = json_object_get(job, "effective_config");
+    json_t *data = json_object();
+    const json_t *steps = json_object_get(eff, "steps");
+    if (json_is_integer(steps) && (is_rl_job(job) || !json_is_integer(json_object_get(eff, "epochs"))))
+        json_object_set(data, "total_steps", (json_t *)steps);
+    if (rs->found) json_object_set_new(data, "resumed_from", json_string(rs->name));
+    char msg[400];
+    snprintf(msg, sizeof msg, "training %s on %s", rs->found ? "resumed" : "started", jstr(job, "model"));
+    json_t *ev = json_pack("{s:s,s:s,s:o,s:o}", "event_type", "training_start", "message", msg, "data", data,
+                           "artifacts", public_artifacts(r, 0));
+    int rc = report(r, ev, err);
+    json_decref(ev);
+    return rc;
+}
+
+/* Everything before the trainer: the job, the work dir, the resume point, the resolved inputs (*resolved set
+ * once wj holds them), training_start. */
+static int start_run(wk_run *r, json_t **job, wk_job *wj, int *resolved, resume_pt *rs, lt_err *err) {
+    if (jobs_get(r->o->db, NULL, r->id, job, err) != 0) return -1;
+    if (open_work_dir(r, *job, err) != 0) return -1;
+    int found = find_resume(r, rs->name, &rs->step, rs->blob, err);
+    if (found < 0) return -1;
+    rs->found = found;
+    if (wk_resolve(r->o, *job, r->work_dir, wj, err) != 0) return -1;
+    *resolved = 1;
+    r->base_artifacts = json_deep_copy(wj->artifacts);
+    json_object_set_new(r->base_artifacts, "_org_id", json_string(jstr(*job, "organization_id")));
+    json_object_set_new(r->base_artifacts, "_ws_id", json_string(jstr(*job, "workspace_id")));
+    if (rs->found && unpack_resume(r, rs, err) != 0) return -1;
+    return report_start(r, *job, rs, err);
+}
+
+/* The trainer on the resolved inputs; returns its TR_* outcome. */
+static int train(wk_run *r, json_t *job, wk_job *wj, const char *resume_dir, json_t **final_metrics,
+                 lt_err *err) {
+    const worker_opts *o = r->o;
+    const json_t *eff = json_object_get(job, "effective_config");
+    if (o->threads > 0) eng_set_threads(o->threads);
+    const json_t *seed = json_object_get(eff, "seed");
+    tr_inputs in = {
+        .job = job,
+        .eff = eff,
+        .base = wj->model->eng,
+        .tok = wj->model->tok,
+        .model_id = wj->model->id,
+        .model_dir = wj->model->dir,
+        .init_adapter = wj->init_adapter,
+        .capability_prompt = wj->capability_prompt ? wj->capability_prompt : "",
+        .train = wj->has_train ? &wj->train : NULL,
+        .trajectories = wj->has_trajectories ? &wj->trajectories : NULL,
+        .eval = wj->has_eval ? &wj->eval : NULL,
+        .dataset_name = wj->dataset_name,
+        .task = wj->task,
+        .work_dir = r->work_dir,
+        .resume_dir = resume_dir,
+        .threads = o->threads,
+        .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : 0,
+    };
+    tr_hooks h = {r, hook_event, hook_checkpoint, hook_stop};
+    lt_err_clear(err);
+    return (is_rl_job(job) ? tr_rl_run : tr_sft_run)(&in, &h, final_metrics, err);
+}
+
+/* Clean up before the job's end is written: whoever sees the end sees no work dir and no model hold. */
+static void cleanup(wk_run *r, wk_job *wj, int resolved) {
+    if (resolved) wk_job_free(wj);
+    if (!r->work_dir) return;
+    lt_rm_rf(r->work_dir);
+    char *jd = job_dir(r->o, r->id);
+    rmdir(jd); /* only when empty: another attempt's dir may still be there */
+    free(jd);
+}
+
+/* A stopped run: cancelled when that was asked, else back to the queue (it resumes from its latest
+ * checkpoint). */
+static void end_stopped(wk_run *r) {
+    const worker_opts *o = r->o;
+    lt_err e2 = {0};
+    int cancel = atomic_load(&r->cancel) || jobs_cancel_requested(o->db, r->id, &e2) == 1;
+    if (cancel) {
+        if (jobs_mark_cancelled(o->db, r->id, r->worker_id, &e2) != 0)
+            lt_log(LOG_WARN, "job %s: cannot mark it cancelled: %s", r->id, e2.msg);
+        return;
+    }
+    char why[400];
+    snprintf(why, sizeof why, "worker %s is stopping; the job resumes from %s%s", r->worker_id,
+             r->latest[0] ? "checkpoint " : "the start", r->latest);
+    if (jobs_release(o->db, r->id, r->worker_id, why, &e2) != 0)
+        lt_log(LOG_WARN, "job %s: cannot put it back in the queue (the lease will): %s", r->id, e2.msg);
+}
+
+/* Ends the job exactly once (see the top): rc is start_run's, outcome the trainer's. */
+static void end_job(wk_run *r, int rc, int outcome, int resolved, const json_t *final_metrics, lt_err *err) {
+    if (atomic_load(&r->lost)) {
+        lt_log(LOG_WARN, "job %s: the lease was lost; another worker owns the job now", r->id);
+    } else if (rc == 0 && outcome == TR_DONE) {
+        json_t *ev =
+            json_pack("{s:s,s:s,s:o,s:o}", "event_type", "training_end", "message", "training completed",
+                      "metrics", final_metrics ? json_incref((json_t *)final_metrics) : json_object(),
+                      "artifacts", public_artifacts(r, 1));
+        if (report(r, ev, err) != 0) lt_log(LOG_WARN, "job %s: cannot record the end: %s", r->id, err->msg);
+        json_decref(ev);
+    } else if ((rc == 0 && outcome == TR_STOPPED) || (rc != 0 && stopping(r->o) && !resolved)) {
+        end_stopped(r);
+    } else {
+        if (err->code == 0) lt_err_set(err, 500, "the trainer failed without a message");
+        fail_job(r, err);
+    }
+}
+
 static void run_job(const worker_opts *o, const char *worker_id, const char *id) {
     wk_run r;
     memset(&r, 0, sizeof r);
@@ -340,130 +486,27 @@ static void run_job(const worker_opts *o, const char *worker_id, const char *id)
     heartbeat_start(&r);
 
     lt_err err = {0};
-    json_t *job = NULL;
+    json_t *job = NULL, *final_metrics = NULL;
     wk_job wj;
     memset(&wj, 0, sizeof wj);
-    int resolved = 0, rc = jobs_get(o->db, NULL, id, &job, &err);
-    char resume_name[256] = "", blob[BLOB_DIGEST_LEN] = "";
-    int64_t resume_step = 0;
-    char *resume_dir = NULL;
-    if (rc == 0) {
-        r.attempt = json_integer_value(json_object_get(job, "attempt"));
-        char *jd = job_dir(o, id), sub[64];
-        snprintf(sub, sizeof sub, "attempt-%lld", (long long)r.attempt);
-        r.work_dir = lt_path_join(jd, sub);
-        free(jd);
-        lt_rm_rf(r.work_dir); /* leftovers of an interrupted run of this attempt */
-        rc = lt_mkdir_p(r.work_dir, 0755, &err);
-    }
-    int resume = rc == 0 ? find_resume(&r, resume_name, &resume_step, blob, &err) : -1;
-    if (resume < 0) rc = -1;
-    if (rc == 0) {
-        rc = wk_resolve(o, job, r.work_dir, &wj, &err);
-        resolved = rc == 0;
-    }
-    if (rc == 0) {
-        r.base_artifacts = json_deep_copy(wj.artifacts);
-        json_object_set_new(r.base_artifacts, "_org_id", json_string(jstr(job, "organization_id")));
-        json_object_set_new(r.base_artifacts, "_ws_id", json_string(jstr(job, "workspace_id")));
-    }
-    if (rc == 0 && resume) {
-        resume_dir = lt_path_join(r.work_dir, "resume");
-        rc = wk_unpack_blob(o->blobs, blob, resume_dir, &err);
-        if (rc != 0) lt_err_prefix(&err, "cannot unpack checkpoint %s to resume from: ", resume_name);
-        if (rc == 0) rc = jobs_trim_metrics(o->db, id, resume_step, &err);
-        if (rc == 0)
-            log_line(&r, JOBS_LOG_INFO, "resumed from checkpoint %s (step %lld)", resume_name,
-                     (long long)resume_step);
-    }
-    const json_t *eff = json_object_get(job, "effective_config");
-    int is_rl = jstr(job, "trainer_type") && strcmp(jstr(job, "trainer_type"), "rl") == 0;
-    if (rc == 0) {
-        json_t *data = json_object();
-        const json_t *steps = json_object_get(eff, "steps");
-        if (json_is_integer(steps) && (is_rl || !json_is_integer(json_object_get(eff, "epochs"))))
-            json_object_set(data, "total_steps", (json_t *)steps);
-        if (resume) json_object_set_new(data, "resumed_from", json_string(resume_name));
-        char msg[400];
-        snprintf(msg, sizeof msg, "training %s on %s", resume ? "resumed" : "started", jstr(job, "model"));
-        json_t *ev = json_pack("{s:s,s:s,s:o,s:o}", "event_type", "training_start", "message", msg, "data",
-                               data, "artifacts", public_artifacts(&r, 0));
-        rc = report(&r, ev, &err);
-        json_decref(ev);
-    }
-    int outcome = TR_FAILED;
-    json_t *final_metrics = NULL;
+    resume_pt rs = {0};
+    int resolved = 0, outcome = TR_FAILED;
+    int rc = start_run(&r, &job, &wj, &resolved, &rs, &err);
     if (rc == 0 && stopping(o)) {
         atomic_store(&r.shutdown, 1);
         outcome = TR_STOPPED;
     } else if (rc == 0) {
-        if (o->threads > 0) eng_set_threads(o->threads);
-        const json_t *seed = json_object_get(eff, "seed");
-        tr_inputs in = {
-            .job = job,
-            .eff = eff,
-            .base = wj.model->eng,
-            .tok = wj.model->tok,
-            .model_id = wj.model->id,
-            .model_dir = wj.model->dir,
-            .init_adapter = wj.init_adapter,
-            .capability_prompt = wj.capability_prompt ? wj.capability_prompt : "",
-            .train = wj.has_train ? &wj.train : NULL,
-            .trajectories = wj.has_trajectories ? &wj.trajectories : NULL,
-            .eval = wj.has_eval ? &wj.eval : NULL,
-            .dataset_name = wj.dataset_name,
-            .task = wj.task,
-            .work_dir = r.work_dir,
-            .resume_dir = resume_dir,
-            .threads = o->threads,
-            .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : 0,
-        };
-        tr_hooks h = {&r, hook_event, hook_checkpoint, hook_stop};
-        lt_err_clear(&err);
-        outcome = (is_rl ? tr_rl_run : tr_sft_run)(&in, &h, &final_metrics, &err);
+        outcome = train(&r, job, &wj, rs.dir, &final_metrics, &err);
     }
     heartbeat_stop(&r);
-    /* Clean up before the job's end is written: whoever sees the end sees no work dir and no model hold. */
-    int was_resolved = resolved;
-    if (resolved) wk_job_free(&wj);
-    if (r.work_dir) {
-        lt_rm_rf(r.work_dir);
-        char *jd = job_dir(o, id);
-        rmdir(jd); /* only when empty: another attempt's dir may still be there */
-        free(jd);
-    }
-
-    if (atomic_load(&r.lost)) {
-        lt_log(LOG_WARN, "job %s: the lease was lost; another worker owns the job now", id);
-    } else if (rc == 0 && outcome == TR_DONE) {
-        json_t *ev = json_pack(
-            "{s:s,s:s,s:o,s:o}", "event_type", "training_end", "message", "training completed", "metrics",
-            final_metrics ? json_incref(final_metrics) : json_object(), "artifacts", public_artifacts(&r, 1));
-        if (report(&r, ev, &err) != 0) lt_log(LOG_WARN, "job %s: cannot record the end: %s", id, err.msg);
-        json_decref(ev);
-    } else if ((rc == 0 && outcome == TR_STOPPED) || (rc != 0 && stopping(o) && !was_resolved)) {
-        lt_err e2 = {0};
-        int cancel = atomic_load(&r.cancel) || jobs_cancel_requested(o->db, id, &e2) == 1;
-        if (cancel) {
-            if (jobs_mark_cancelled(o->db, id, worker_id, &e2) != 0)
-                lt_log(LOG_WARN, "job %s: cannot mark it cancelled: %s", id, e2.msg);
-        } else {
-            char why[400];
-            snprintf(why, sizeof why, "worker %s is stopping; the job resumes from %s%s", worker_id,
-                     r.latest[0] ? "checkpoint " : "the start", r.latest);
-            if (jobs_release(o->db, id, worker_id, why, &e2) != 0)
-                lt_log(LOG_WARN, "job %s: cannot put it back in the queue (the lease will): %s", id, e2.msg);
-        }
-    } else {
-        if (err.code == 0) lt_err_set(&err, 500, "the trainer failed without a message");
-        fail_job(&r, &err);
-    }
+    cleanup(&r, &wj, resolved);
+    end_job(&r, rc, outcome, resolved, final_metrics, &err);
 
     json_decref(final_metrics);
     json_decref(job);
     json_decref(r.ckpts);
     json_decref(r.base_artifacts);
-    free(resume_dir);
+    free(rs.dir);
     free(r.work_dir);
 }
 

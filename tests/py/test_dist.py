@@ -1,5 +1,5 @@
 """Distributed execution (src/train/dist.c): the mpirun launcher, the rank-side hooks and the MPI transport,
-through `lathe rl-rank --check`, which runs dist_run's launcher with the transport self-test on every rank
+through `lathe rl-rank --check`, which runs dist_launch with the transport self-test on every rank
 instead of training (3 ranks on this machine unless a test says otherwise); and one Ray GRPO job with
 execution_mode distributed run by a server's worker on a tiny model (1 learner + 2 rollout ranks)."""
 

@@ -1,6 +1,6 @@
-/* Unit tests for train/dist: the rows files the ranks read back, what dist_run writes for the ranks, the
- * transport outside MPI, and the launcher's errors (no model dir, no mpirun, mpirun failing at once). The MPI
- * exchange itself runs under mpirun in tests/py/test_dist.py. */
+/* Unit tests for train/dist: the rows files the ranks read back, what tr_rl_dist_run (rl_dist.c) writes for
+ * the ranks, the transport outside MPI, and the launcher's errors (no model dir, no mpirun, mpirun failing at
+ * once). The MPI exchange itself runs under mpirun in tests/py/test_dist.py. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "train/dist.h"
+#include "train/rl.h"
 #include "util/util.h"
 
 static rows_set sample_rows(void) {
@@ -56,13 +57,13 @@ static void assert_rows_equal(const rows_set *a, const rows_set *b) {
 
 static void test_rows_round_trip(void **state) {
     rows_set s = sample_rows(), back;
-    json_t *j = dist_rows_to_json(&s);
+    json_t *j = tr_rl_rows_to_json(&s);
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     json_t *j2 = json_loads(text, 0, NULL);
     free(text);
     lt_err err = {0};
-    assert_int_equal(dist_rows_from_json(j2, &back, "train.json", &err), 0);
+    assert_int_equal(tr_rl_rows_from_json(j2, &back, "train.json", &err), 0);
     json_decref(j2);
     assert_rows_equal(&s, &back);
     rows_set_free(&back);
@@ -71,8 +72,8 @@ static void test_rows_round_trip(void **state) {
     /* an empty set survives too */
     rows_set e;
     memset(&e, 0, sizeof e);
-    j = dist_rows_to_json(&e);
-    assert_int_equal(dist_rows_from_json(j, &back, "eval.json", &err), 0);
+    j = tr_rl_rows_to_json(&e);
+    assert_int_equal(tr_rl_rows_from_json(j, &back, "eval.json", &err), 0);
     assert_int_equal(back.n, 0);
     assert_int_equal(json_array_size(back.rows), 0);
     json_decref(j);
@@ -83,7 +84,7 @@ static void test_rows_bad_file(void **state) {
     rows_set back;
     lt_err err = {0};
     json_t *j = json_loads("{\"rows\":[{}],\"lines\":[],\"file\":[0],\"files\":[],\"splits\":[]}", 0, NULL);
-    assert_int_equal(dist_rows_from_json(j, &back, "/w/dist/train.json", &err), -1);
+    assert_int_equal(tr_rl_rows_from_json(j, &back, "/w/dist/train.json", &err), -1);
     assert_string_equal(err.msg, "/w/dist/train.json: not a rows file written by dist_run");
     json_decref(j);
 }
@@ -158,7 +159,7 @@ static void test_no_model_dir(void **state) {
     f.in.model_dir = NULL;
     lt_err err = {0};
     json_t *fm = (json_t *)1;
-    assert_int_equal(dist_run(&f.in, &f.h, 3, &fm, &err), TR_FAILED);
+    assert_int_equal(tr_rl_dist_run(&f.in, &f.h, 3, &fm, &err), TR_FAILED);
     assert_null(fm);
     assert_non_null(strstr(err.msg, "tr_inputs.model_dir is not set"));
     fixture_free(&f);
@@ -174,7 +175,7 @@ static void test_no_mpirun_writes_job_and_explains(void **state) {
     unsetenv("LATHE_MPIRUN");
     lt_err err = {0};
     json_t *fm = NULL;
-    assert_int_equal(dist_run(&f.in, &f.h, 3, &fm, &err), TR_FAILED);
+    assert_int_equal(tr_rl_dist_run(&f.in, &f.h, 3, &fm, &err), TR_FAILED);
     setenv("PATH", old_path, 1);
     free(old_path);
     assert_int_equal(err.code, 500);
@@ -204,7 +205,7 @@ static void test_no_mpirun_writes_job_and_explains(void **state) {
     char *tp = lt_path_join(f.dir, "dist/train.json");
     json_t *tj = json_load_file(tp, 0, NULL);
     rows_set back;
-    assert_int_equal(dist_rows_from_json(tj, &back, tp, &err), 0);
+    assert_int_equal(tr_rl_rows_from_json(tj, &back, tp, &err), 0);
     assert_rows_equal(&f.train, &back);
     rows_set_free(&back);
     json_decref(tj);
@@ -226,7 +227,7 @@ static void test_mpirun_fails_at_once(void **state) {
     setenv("LATHE_MPIRUN", fake, 1);
     ev_count = 0;
     json_t *fm = NULL;
-    assert_int_equal(dist_run(&f.in, &f.h, 3, &fm, &err), TR_FAILED);
+    assert_int_equal(tr_rl_dist_run(&f.in, &f.h, 3, &fm, &err), TR_FAILED);
     unsetenv("LATHE_MPIRUN");
     assert_null(fm);
     assert_int_equal(ev_count, 0);
