@@ -302,10 +302,12 @@ void eng_model_free(eng_model *m) {
 
 /* fn on one tensor; a matrix not stored f32 goes through a temporary f32 copy, written back (rounded into
  * its type) when writeback is 1 and the model owns the storage. writeback 2 (loaders): an unset matrix is
- * passed with data NULL, for the loader to point it at its stored bytes. */
+ * passed with data NULL, for the loader to point it at its stored bytes; writeback 3 (save): a stored matrix
+ * is passed with data NULL (the callback reads its eng_wmat), no copy made. */
 static int visit(eng_model *m, eng_weight_fn fn, void *ctx, const char *name, float *p, eng_wmat *W, int r,
                  int c, int writeback) {
     if (W && !W->data && writeback == 2) return fn(ctx, name, NULL, r, c); /* a loader filling it */
+    if (W && W->data && W->type != GGUF_F32 && writeback == 3) return fn(ctx, name, NULL, r, c); /* stored */
     if (!W || W->type == GGUF_F32 || !W->data) return p || !W ? fn(ctx, name, p, r, c) : 0;
     float *tmp = malloc((size_t)r * (size_t)c * sizeof(float));
     if (!tmp) return -1;
@@ -502,6 +504,38 @@ eng_model *eng_model_load(const char *dir, const eng_kernels *k, lt_err *err) {
     if (m->cfg.tie_word_embeddings) m->Whead = m->Wte;
     eng_model_resident(m, m->load_note, sizeof m->load_note);
     return m;
+}
+
+typedef struct {
+    eng_model *m;
+    st_writer *w;
+    lt_err *err;
+} save_ctx;
+
+static int save_one(void *vctx, const char *name, float *data, int rows, int cols) {
+    save_ctx *c = vctx;
+    int64_t shape[2] = {rows, cols};
+    eng_wmat *W = cols ? wmat_of(c->m, name) : NULL;
+    if (!W || W->type == GGUF_F32)
+        return st_writer_add_f32(c->w, name, ST_F32, cols ? 2 : 1, shape, W ? (const float *)W->data : data,
+                                 c->err)
+                   ? 1
+                   : 0;
+    if (W->type != GGUF_BF16 && W->type != GGUF_F16)
+        return lt_err_set(c->err, 400,
+                          "save: %s is stored %s, which safetensors cannot hold (use F32, BF16, F16)", name,
+                          gguf_type_name(W->type)),
+               1;
+    return st_writer_add(c->w, name, W->type == GGUF_BF16 ? ST_BF16 : ST_F16, 2, shape, W->data, c->err) ? 1
+                                                                                                         : 0;
+}
+
+int eng_model_save_safetensors(eng_model *m, const char *path, lt_err *err) {
+    save_ctx c = {m, st_writer_new(), err};
+    int rc = each_weight(m, save_one, &c, 3);
+    if (!rc) rc = st_writer_write(c.w, path, err);
+    st_writer_free(c.w);
+    return rc ? -1 : 0;
 }
 
 static float rng_normal(uint64_t *s) {

@@ -174,6 +174,10 @@ int eng_model_each_weight(eng_model *m, eng_weight_fn fn, void *ctx);
 /* For loaders: as each_weight, but a matrix not yet set (eng_model_new_stored with wtype < 0) is passed with
  * data NULL so that fn can point its eng_wmat (eng_model_wmat_of) at the stored bytes. */
 int eng_model_each_weight_unset(eng_model *m, eng_weight_fn fn, void *ctx);
+/* Writes every base tensor to path as one safetensors file, matrices in their stored type (F32, BF16 or F16:
+ * the stored bytes themselves, no conversion), vectors F32 (the 8B bench preset writes its random bf16 model
+ * this way once, then loads it mmap'd). Returns 0 or -1 with err (400 for a GGUF block type). */
+int eng_model_save_safetensors(eng_model *m, const char *path, lt_err *err);
 /* 1 when every matrix is stored f32 (each_weight then passes the resident weights themselves). */
 int eng_model_all_f32(const eng_model *m);
 /* How the stored matrices' GEMMs run: ENG_COMPUTE_F32 (default) or ENG_COMPUTE_BF16 (engine/wmat.h; bf16

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine/gguf.h"
 #include "engine/model.h"
@@ -460,6 +461,39 @@ static void test_safetensors_stored(void **state) {
     }
 }
 
+/* eng_model_save_safetensors writes the stored bf16 bytes themselves, and the file loads back as stored. */
+static void test_save_stored(void **state) {
+    (void)state;
+    eng_config cfg = tiny_cfg(0, 1);
+    lt_err err;
+    lt_err_clear(&err);
+    eng_model *q = eng_model_new_stored(&cfg, eng_kernels_cpu(), GGUF_BF16, &err);
+    assert_non_null(q);
+    eng_model_init_random(q, 3, 0.2f);
+    char path[] = "/tmp/lathe-wmat-save-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(eng_model_save_safetensors(q, path, &err), 0);
+    st_reader *r = st_open(path, &err);
+    assert_non_null(r);
+    const st_tensor *t = st_find(r, "model.layers.1.mlp.down_proj.weight");
+    assert_non_null(t);
+    assert_int_equal(t->dtype, ST_BF16);
+    assert_memory_equal(t->data, q->layers[1].Wd.data, eng_wmat_bytes(&q->layers[1].Wd));
+    t = st_find(r, "model.layers.0.self_attn.q_proj.bias");
+    assert_non_null(t);
+    assert_int_equal(t->dtype, ST_F32);
+    assert_non_null(st_find(r, "lm_head.weight"));
+    st_close(r);
+    eng_model *qq = eng_model_new_stored(&cfg, eng_kernels_cpu(), GGUF_Q8_0, &err);
+    assert_int_equal(eng_model_save_safetensors(qq, path, &err), -1);
+    assert_int_equal(err.code, 400);
+    eng_model_free(qq);
+    eng_model_free(q);
+    unlink(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_refusals),
@@ -467,6 +501,7 @@ int main(void) {
         cmocka_unit_test(test_model_stored_equals_widened),
         cmocka_unit_test(test_new_stored_refusals),
         cmocka_unit_test(test_safetensors_stored),
+        cmocka_unit_test(test_save_stored),
         cmocka_unit_test(test_smollm2_stored_equals_widened),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
