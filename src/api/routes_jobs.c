@@ -698,7 +698,9 @@ static int sse_tick(api_stream *s, void *arg) {
     int64_t up, seq;
     switch (a->phase) {
     case SSE_START:
-        if (jobs_get(d, a->ws_id, a->id, &job, &err) != 0 || jobs_watermark(d, a->id, &up, &seq, &err) != 0) {
+        /* The watermark first: a change between the two reads is then in the snapshot and also sent as an
+         * event (harmless), never in neither. */
+        if (jobs_watermark(d, a->id, &up, &seq, &err) != 0 || jobs_get(d, a->ws_id, a->id, &job, &err) != 0) {
             json_decref(job);
             return sse_end_deleted(s, a);
         }

@@ -582,53 +582,9 @@ static char *squash(const char *s) {
     return sb_steal(&b);
 }
 
-/* After mpirun exited: the run's status from the ranks' result files, or an error explaining the failure. */
-static int parent_result(const char *dir, int nranks, int wstatus, parent_st *p, json_t **final,
-                         lt_err *err) {
-    lt_err ignore;
-    char *r0p = lt_path_join(dir, "rank-0.json");
-    json_t *r0 = exists(r0p) ? dist_read_json(r0p, &ignore) : NULL;
-    free(r0p);
-    int st0 = r0 ? (int)json_integer_value(json_object_get(r0, "status")) : TR_FAILED;
-    if (p->failed) { /* the worker's own hook failed: that is the error to report */
-        json_decref(r0);
-        *err = p->hook_err;
-        return TR_FAILED;
-    }
-    if (r0 && (st0 == TR_DONE || st0 == TR_STOPPED)) {
-        json_t *fm = json_object_get(r0, "final_metrics");
-        if (final) *final = json_is_object(fm) ? json_incref(fm) : NULL;
-        json_decref(r0);
-        if (!(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0)) {
-            lt_err le;
-            tr_log(p->h, "warning", &le,
-                   "distributed run: mpirun exited with status %d after rank 0 finished",
-                   WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus));
-        }
-        return st0;
-    }
-    /* A rank reported its error: rank 0's first, then the others'. */
-    for (int r = 0; r < nranks; r++) {
-        char *rp = dpath(dir, "rank-%d.json", r);
-        json_t *j = r == 0 ? json_incref(r0) : exists(rp) ? dist_read_json(rp, &ignore) : NULL;
-        free(rp);
-        json_t *e = json_object_get(j, "error");
-        if (json_is_object(e)) {
-            const char *m = json_string_value(json_object_get(e, "message"));
-            int code = (int)json_integer_value(json_object_get(e, "code"));
-            if (r == 0)
-                lt_err_set(err, code ? code : 500, "%s", m ? m : "rank 0 failed");
-            else
-                lt_err_set(err, code ? code : 500, "distributed run: rank %d (rollout worker): %s", r,
-                           m ? m : "failed");
-            json_decref(j);
-            json_decref(r0);
-            return TR_FAILED;
-        }
-        json_decref(j);
-    }
-    json_decref(r0);
-    /* A crash: name the rank mpirun noticed and quote its log. */
+/* No rank reported a result or an error: a crash. The error names the rank mpirun noticed (or the first that
+ * started and left no result) and quotes its log, else mpirun's own output. Returns TR_FAILED. */
+static int crash_error(const char *dir, int nranks, int wstatus, const parent_st *p, lt_err *err) {
     char *mlog_p = lt_path_join(dir, "mpirun.log");
     char *mlog = file_tail(mlog_p, 4000, 0);
     int bad = noticed_rank(mlog);
@@ -686,6 +642,55 @@ static int parent_result(const char *dir, int nranks, int wstatus, parent_st *p,
     free(mlog);
     free(mlog_p);
     return TR_FAILED;
+}
+
+/* After mpirun exited: the run's status from the ranks' result files, or an error explaining the failure. */
+static int parent_result(const char *dir, int nranks, int wstatus, parent_st *p, json_t **final,
+                         lt_err *err) {
+    lt_err ignore;
+    char *r0p = lt_path_join(dir, "rank-0.json");
+    json_t *r0 = exists(r0p) ? dist_read_json(r0p, &ignore) : NULL;
+    free(r0p);
+    int st0 = r0 ? (int)json_integer_value(json_object_get(r0, "status")) : TR_FAILED;
+    if (p->failed) { /* the worker's own hook failed: that is the error to report */
+        json_decref(r0);
+        *err = p->hook_err;
+        return TR_FAILED;
+    }
+    if (r0 && (st0 == TR_DONE || st0 == TR_STOPPED)) {
+        json_t *fm = json_object_get(r0, "final_metrics");
+        if (final) *final = json_is_object(fm) ? json_incref(fm) : NULL;
+        json_decref(r0);
+        if (!(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0)) {
+            lt_err le;
+            tr_log(p->h, "warning", &le,
+                   "distributed run: mpirun exited with status %d after rank 0 finished",
+                   WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus));
+        }
+        return st0;
+    }
+    /* A rank reported its error: rank 0's first, then the others'. */
+    for (int r = 0; r < nranks; r++) {
+        char *rp = dpath(dir, "rank-%d.json", r);
+        json_t *j = r == 0 ? json_incref(r0) : exists(rp) ? dist_read_json(rp, &ignore) : NULL;
+        free(rp);
+        json_t *e = json_object_get(j, "error");
+        if (json_is_object(e)) {
+            const char *m = json_string_value(json_object_get(e, "message"));
+            int code = (int)json_integer_value(json_object_get(e, "code"));
+            if (r == 0)
+                lt_err_set(err, code ? code : 500, "%s", m ? m : "rank 0 failed");
+            else
+                lt_err_set(err, code ? code : 500, "distributed run: rank %d (rollout worker): %s", r,
+                           m ? m : "failed");
+            json_decref(j);
+            json_decref(r0);
+            return TR_FAILED;
+        }
+        json_decref(j);
+    }
+    json_decref(r0);
+    return crash_error(dir, nranks, wstatus, p, err);
 }
 
 /* The programs to run: mpirun (LATHE_MPIRUN or PATH) into *mpirun (malloc'd) and the ranks' program
