@@ -79,16 +79,18 @@ export class LineChart {
     const pad = (y1 - y0) * 0.05;
     y0 -= pad; y1 += pad;
     const sx = (x) => L + ((x - x0) / (x1 - x0)) * pw, sy = (y) => T + ph - ((y - y0) / (y1 - y0)) * ph;
-    let lastX = null;
+    // x ticks: every step when the range is short, else five evenly spaced
+    const span = x1 - x0, xt = [];
+    if (span <= 8) for (let x = Math.ceil(x0); x <= x1; x++) xt.push(x);
+    else for (let i = 0; i <= 4; i++) xt.push(Math.round(x0 + (span * i) / 4));
+    xt.forEach((xv, i) => {
+      const anchor = xt.length > 1 && i === 0 ? "start" : xt.length > 1 && i === xt.length - 1 ? "end" : "middle";
+      this.svg.appendChild(s("text", { x: sx(xv), y: H - 8, "text-anchor": anchor, class: "tick" }, fmtNum(xv)));
+    });
     for (let i = 0; i <= 4; i++) {
       const yv = y0 + ((y1 - y0) * i) / 4, yy = sy(yv);
       this.svg.appendChild(s("line", { x1: L, x2: L + pw, y1: yy, y2: yy, class: "grid" }));
       this.svg.appendChild(s("text", { x: L - 4, y: yy + 4, "text-anchor": "end", class: "tick" }, fmtNum(+yv.toPrecision(3))));
-      const xv = Math.round(x0 + ((x1 - x0) * i) / 4);
-      if (xv === lastX) continue; // a short range: each step labelled once
-      lastX = xv;
-      const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle"; // the ends stay inside the figure
-      this.svg.appendChild(s("text", { x: sx(xv), y: H - 8, "text-anchor": anchor, class: "tick" }, fmtNum(xv)));
     }
     for (const sr of this.series) {
       const pts = decimate(sr.xs, sr.ys, sx, sy, pw);

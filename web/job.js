@@ -242,7 +242,8 @@ export async function jobPage(root, id, setCleanup) {
   const meta = h("table", { class: "kv", "data-testid": "job-meta" });
   function renderMeta() {
     clear(meta);
-    const ds = job.dataset_ref ? `${job.dataset_ref.name}@${job.dataset_ref.version}` : "";
+    const ref = job.dataset_ref || job.prompt_dataset_ref;
+    const ds = ref ? `${ref.name}@${ref.version}` + (job.dataset_ref ? "" : " (prompts)") : "";
     const cap = job.capability ? `${job.capability.name}@${job.capability.version}` : "";
     for (const [k, v] of [["id", job.id], ["backend / trainer", `${job.backend} / ${job.trainer_type}` + (job.algorithm ? ` (${job.algorithm})` : "")],
       ["model", job.model], ["dataset", ds], ["capability", cap], ["project", job.project_ref], ["attempt", job.attempt],
