@@ -461,6 +461,7 @@ static void gemv_nt(const eng_wmat *w, int N, const float *A, int lda, float *C,
                 dot_dispatch(type, row, K, NN, A + (size_t)n0 * lda, lda, out);
 #else
                 (void)type;
+                (void)row;
                 for (int n = 0; n < NN; n++) {
                     float s = 0;
                     for (int c = 0; c < K; c++)
