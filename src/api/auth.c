@@ -1,5 +1,5 @@
-/* auth.c: who is calling (authentication), what they may do (authorization), per SPEC §2.1 and §3, and the
- * Idempotency-Key records, which are claimed only once a route's authorization has passed.
+/* auth.c: who is calling (authentication), what they may do (authorization), per docs/spec.md §2.1 and §3,
+ * and the Idempotency-Key records, which are claimed only once a route's authorization has passed.
  *
  * Authentication reads the key from `X-API-Key: <key>` or `Authorization: Bearer <key>` and asks the store to
  * verify it (hash lookup, constant-time compare, revocation, last_used_at). A request that carries more than

@@ -1,5 +1,5 @@
-/* errors.c: building responses: JSON bodies, the error envelope of SPEC §2.1, validation errors, raw bodies,
- * file downloads, headers.
+/* errors.c: building responses: JSON bodies, the error envelope of docs/spec.md §2.1, validation errors, raw
+ * bodies, file downloads, headers.
  *
  * A response is a small struct (http_internal.h) that the handler fills and the server sends. Setting a
  * response twice replaces the first one (its memory is freed), so an error path may simply call api_error

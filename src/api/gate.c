@@ -4,7 +4,7 @@
  * Why. libmicrohttpd answers the requests it cannot parse by itself, with fixed HTML pages and no hook to
  * change them (0.9.75 as Debian 12 ships it, and 1.0 alike): a request line too long (414), headers too
  * large (431), a malformed Content-Length (400), an HTTP/2 preface or unknown version (505). Clients of
- * lathe rely on one error shape (SPEC §2.1), and a head that two parties could frame differently (two
+ * lathe rely on one error shape (docs/spec.md §2.1), and a head that two parties could frame differently (two
  * Content-Length headers, Content-Length beside Transfer-Encoding) must never be served: request smuggling
  * behind a proxy. So the server owns the listening socket; a single gate thread accepts, peeks at the
  * request head (MSG_PEEK: nothing is consumed), and either hands the socket to libmicrohttpd

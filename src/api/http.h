@@ -5,7 +5,7 @@
  * envelope), body limits (413), client version (426), authentication (401) and the per-key rate limit (429)
  * unless the route is public, body checks for JSON routes (400 for non-JSON, invalid UTF-8, wrong content
  * type), the Idempotency-Key machinery when the route asks for it, and then the route's handler. Every
- * non-2xx answer uses the error envelope of SPEC §2.1: {"code", "detail", "type", "errors"?}.
+ * non-2xx answer uses the error envelope of docs/spec.md §2.1: {"code", "detail", "type", "errors"?}.
  *
  * A handler has the shape `int handler(api_req *req, api_resp *resp)`: it reads the request, fills the
  * response through the api_* helpers below, and returns 0. A handler that returns non-zero, or returns
@@ -32,8 +32,8 @@
 
 struct api_router; /* the route table, see "the router" below */
 
-/* Settings of `lathe serve` (SPEC §1), already resolved flag > env > default. Strings are owned by whoever
- * filled the struct and must outlive the server. */
+/* Settings of `lathe serve` (docs/spec.md §1), already resolved flag > env > default. Strings are owned by
+ * whoever filled the struct and must outlive the server. */
 typedef struct api_config {
     const char *data_dir;           /* LATHE_DATA_DIR, default ./lathe-data */
     const char *db_url;             /* LATHE_DB, default sqlite:<data dir>/lathe.db */
@@ -167,7 +167,7 @@ int api_file(api_resp *resp, int status, const char *content_type, const char *p
 /* The status set so far (0 when none). */
 int api_resp_status(const api_resp *resp);
 
-/* ---- validation errors (SPEC §2.1) ---- */
+/* ---- validation errors (docs/spec.md §2.1) ---- */
 
 /* A loc array: api_loc("body", "config", "batch_size", NULL). Strings only; append integers (array
  * indexes) with json_array_append_new(loc, json_integer(i)). Returns a new reference. */
@@ -189,7 +189,7 @@ void api_validation_error(api_resp *resp, json_t *errors);
 int api_verr_extra_fields(json_t *errors, const json_t *obj, const char *const *allowed,
                           const json_t *prefix);
 
-/* ---- authorization (SPEC §2.1 and §3) ---- */
+/* ---- authorization (docs/spec.md §2.1 and §3) ---- */
 
 /* Decides whether the request's principal may act on org (slug) and, when ws is not NULL, on workspace ws
  * (slug) with at least min_role (STORE_ROLE_*) and the key scope `scope` (STORE_SCOPE_* bit, 0 = none
@@ -279,9 +279,9 @@ api_ctx *api_router_ctx(api_router *r);
 
 /* Route groups: server.c calls each at start, in this order. */
 void api_routes_core(api_router *r);      /* healthz, readyz, metrics (server.c) */
-void api_routes_identity(api_router *r);  /* SPEC §3 identity (routes_identity.c) */
-void api_routes_artifacts(api_router *r); /* SPEC §3.1 (routes_artifacts.c) */
-void api_routes_jobs(api_router *r);      /* SPEC §4 (routes_jobs.c) */
+void api_routes_identity(api_router *r);  /* docs/spec.md §3 identity (routes_identity.c) */
+void api_routes_artifacts(api_router *r); /* docs/spec.md §3.1 (routes_artifacts.c) */
+void api_routes_jobs(api_router *r);      /* docs/spec.md §4 (routes_jobs.c) */
 void api_routes_compat(api_router *r);    /* upstream-compatible aliases (routes_compat.c) */
 void api_routes_openapi(api_router *r);   /* GET /api/v1/openapi.json (openapi.c) */
 void api_routes_ui(api_router *r);        /* GET / and /ui/{file}: the dashboard (routes_ui.c) */
@@ -308,8 +308,8 @@ api_ctx *api_server_ctx(api_server *srv);
  * threads, run shutdown hooks, close the store. Frees srv. */
 void api_server_stop(api_server *srv);
 
-/* Fills cfg with the defaults of SPEC §1: data_dir "./lathe-data", listen 127.0.0.1:8080, workers 1, rate
- * 50:100, max_active_jobs 64, max_body 1 MiB, lease_s 60, threads 8; db_url and models_dir NULL, meaning
+/* Fills cfg with the defaults of docs/spec.md §1: data_dir "./lathe-data", listen 127.0.0.1:8080, workers 1,
+ * rate 50:100, max_active_jobs 64, max_body 1 MiB, lease_s 60, threads 8; db_url and models_dir NULL, meaning
  * "derived from data_dir" (sqlite:<data dir>/lathe.db, <data dir>/models) by api_server_start. */
 void api_config_defaults(api_config *cfg);
 

@@ -1,4 +1,4 @@
-/* jobs_schema.h: validation of a create-training-job body (SPEC §4.3-§4.5) and its effective config.
+/* jobs_schema.h: validation of a create-training-job body (docs/spec.md §4.3-§4.5) and its effective config.
  *
  * Pure: no HTTP, no store. References (model, capability, datasets, task, project) are looked up through a
  * caller-supplied resolver, so the same code runs in the API route, the unit tests and the fuzzer.
@@ -46,7 +46,7 @@ typedef struct js_result {
                           JS_ERRORS_MAX items: the rest are only counted (errors_omitted) and the detail
                           says how many there were in all */
     size_t errors_omitted;
-    /* On success only (else NULL): the job's fields that come from the body, as SPEC §4.2 names them:
+    /* On success only (else NULL): the job's fields that come from the body, as docs/spec.md §4.2 names them:
      * backend, trainer_type, algorithm, model, name, project_ref, run_ref, dataset_ref,
      * trajectory_dataset_refs, task_ref ("name@version"), world_manifest_id, world_runtime_id,
      * world_agent_name, world_goal, prompt_dataset_ref, capability {artifact_id, name, version,
@@ -63,7 +63,7 @@ typedef struct js_result {
 int js_validate_create(const json_t *body, const js_ctx *ctx, js_result *out);
 void js_result_free(js_result *r);
 
-/* 1 if name is a reward recipe of SPEC §4.5. */
+/* 1 if name is a reward recipe of docs/spec.md §4.5. */
 int js_is_reward_recipe(const char *name);
 
 /* Renders a loc array as "config.trajectory_dataset_refs[0].name" (the leading "body"/"query"/... dropped)

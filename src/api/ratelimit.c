@@ -1,4 +1,4 @@
-/* ratelimit.c: a token bucket per API key (SPEC §2: default 50 requests/s, burst 100).
+/* ratelimit.c: a token bucket per API key (docs/spec.md §2: default 50 requests/s, burst 100).
  *
  * Each key has a bucket holding up to `burst` tokens that refills at `rate` tokens per second; a request
  * takes one token or is refused with the time until the next token (Retry-After, whole seconds, at least

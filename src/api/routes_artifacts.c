@@ -1,5 +1,5 @@
-/* routes_artifacts.c: the artifact registry routes of SPEC §3.1, the same six for each kind (datasets,
- * capabilities, tasks): push, list, show, one version, download, delete.
+/* routes_artifacts.c: the artifact registry routes of docs/spec.md §3.1, the same six for each kind
+ * (datasets, capabilities, tasks): push, list, show, one version, download, delete.
  *
  * A push is checked completely before anything is stored, in bounded memory whatever the archive holds: the
  * body (spooled to a file by the server) is scanned with the defensive reader of util/archive.h, which checks
@@ -75,7 +75,8 @@ static int64_t total_rows(const json_t *splits) {
     return t;
 }
 
-/* The version record of SPEC §3.1 plus id, kind, org, unpacked size, row total and a capability's prompt. */
+/* The version record of docs/spec.md §3.1 plus id, kind, org, unpacked size, row total and a capability's
+ * prompt. */
 static json_t *version_json(const artifact_version *v, const char *org_key) {
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(v->id));

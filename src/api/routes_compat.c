@@ -1,13 +1,13 @@
 /* routes_compat.c: read-only routes the upstream Dreadnode SDK (`dn` CLI, dreadnode.app.api.ApiClient) calls
- * that SPEC does not list, so that the unmodified SDK works against lathe.
+ * that docs/spec.md does not list, so that the unmodified SDK works against lathe.
  *
  * Before any `dn train ...` verb, the SDK validates its scope (dreadnode/app/config.py,
  * Profile.validate_scope): it reads, concurrently, GET /api/v1/user, GET /api/v1/org/{org}, and either GET
  * /api/v1/org/{org}/ws/{ws} (when a workspace is given) or GET /api/v1/org/{org}/ws (to pick the default
  * one), and with a project GET /api/v1/org/{org}/ws/{ws}/projects/{project} (a 404 there is tolerated). /user
- * is SPEC's (identity routes); this file answers the other four, shaped like the SDK's pydantic models
- * (Organization, Workspace, Project). The SDK's Organization model requires sandbox-runtime fields that mean
- * nothing for lathe; they are sent as 0 with source level "platform".
+ * is docs/spec.md's (identity routes); this file answers the other four, shaped like the SDK's pydantic
+ * models (Organization, Workspace, Project). The SDK's Organization model requires sandbox-runtime fields
+ * that mean nothing for lathe; they are sent as 0 with source level "platform".
  *
  * Authorization is the same as for every org route: a non-member gets 404 (the org's existence is never
  * revealed), any member may read; no key scope is needed since nothing here is training or artifact data. */

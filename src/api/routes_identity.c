@@ -1,4 +1,4 @@
-/* routes_identity.c: the identity and tenancy routes of SPEC §3: the caller (/user), API keys, orgs,
+/* routes_identity.c: the identity and tenancy routes of docs/spec.md §3: the caller (/user), API keys, orgs,
  * workspaces, projects and members.
  *
  * Each handler reads like the route table: authorize (api_authorize gives 404 to non-members and 403 to

@@ -1,4 +1,4 @@
-/* routes_jobs.c: the training-job routes E1-E13 of SPEC §4.1 and the model catalog of §3.2.
+/* routes_jobs.c: the training-job routes E1-E13 of docs/spec.md §4.1 and the model catalog of §3.2.
  *
  * Each handler follows the same few steps: authorize the caller on the org and workspace of the path (a
  * non-member gets 404, a reader writing or a key without the scope gets 403: api_authorize), find the job in

@@ -1,6 +1,6 @@
-/* serve_config.c: the settings of `lathe serve` that the server itself interprets: defaults (SPEC §1), the
- * rate-limit setting "RATE:BURST", and the minimum client versions ("name=semver,...") checked against
- * `User-Agent: name/semver` (426 for an older named client).
+/* serve_config.c: the settings of `lathe serve` that the server itself interprets: defaults (docs/spec.md
+ * §1), the rate-limit setting "RATE:BURST", and the minimum client versions ("name=semver,...") checked
+ * against `User-Agent: name/semver` (426 for an older named client).
  *
  * Versions compare numerically part by part (1.10.0 > 1.9.9); a pre-release or build suffix on the client
  * ("2.0.0-rc1", "0.3.0+abc") is ignored for the comparison, which errs on the side of letting a client in.

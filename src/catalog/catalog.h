@@ -1,5 +1,5 @@
-/* catalog.h: the model catalog, the base models jobs can train on: directories under the models dir (SPEC
- * §3.2).
+/* catalog.h: the model catalog, the base models jobs can train on: directories under the models dir
+ * (docs/spec.md §3.2).
  *
  * A model is a directory below the models dir, named by its path relative to it (nested ids like
  * "Qwen/Qwen3-0.6B" are fine), that holds config.json of a supported architecture, tokenizer.json and

@@ -1,4 +1,4 @@
-/* cmd_admin.c: `lathe admin VERB`: bootstrap and recovery, straight on the server's store (SPEC §3).
+/* cmd_admin.c: `lathe admin VERB`: bootstrap and recovery, straight on the server's store (docs/spec.md §3).
  *
  * These verbs do not talk HTTP: they open the same store `lathe serve` uses (same --db / --data-dir flags
  * and LATHE_DB / LATHE_DATA_DIR twins), migrate it if needed, and change it. That is what an operator needs

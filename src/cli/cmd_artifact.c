@@ -1,6 +1,6 @@
 /* cmd_artifact.c: `lathe dataset|capability|task push|list|show|pull|delete`, the client of the artifact
- * registry (SPEC §3.1). The three kinds share every verb; argv[0] names the kind and maps to its route
- * segment (datasets, capabilities, tasks).
+ * registry (docs/spec.md §3.1). The three kinds share every verb; argv[0] names the kind and maps to its
+ * route segment (datasets, capabilities, tasks).
  *
  * push packs the directory into a reproducible tar.gz (util/archive.h: the same tree gives the same bytes,
  * hence the same digest) and POSTs it as application/gzip; the server parses the manifest and rows and

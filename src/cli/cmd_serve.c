@@ -1,8 +1,8 @@
 /* cmd_serve.c: `lathe serve`: configuration, first-run bootstrap, the server's life, graceful shutdown.
  *
- * Configuration follows SPEC §1: every flag has an environment twin, and a flag beats the environment,
- * which beats the default. The table below is the single source: parsing, --help and the env lookup all
- * walk it, so a new setting is one line.
+ * Configuration follows docs/spec.md §1: every flag has an environment twin, and a flag beats the
+ * environment, which beats the default. The table below is the single source: parsing, --help and the env
+ * lookup all walk it, so a new setting is one line.
  *
  * Bootstrap: on a store with no users, create org `default`, workspace `main`, project `default`, an owner
  * user and an API key; the key goes to <data dir>/admin.key (mode 0600) and is printed once. Later starts

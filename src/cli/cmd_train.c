@@ -1,6 +1,6 @@
-/* cmd_train.c: `lathe train ...`, the client of the training-job API (SPEC §4), with the verbs and flags of
- * the upstream `dn train` CLI (sft, rl, list, get, wait, logs, artifacts, cancel, catalog) plus lathe's own
- * (grpo, watch, retry, checkpoints, pull, delete).
+/* cmd_train.c: `lathe train ...`, the client of the training-job API (docs/spec.md §4), with the verbs and
+ * flags of the upstream `dn train` CLI (sft, rl, list, get, wait, logs, artifacts, cancel, catalog) plus
+ * lathe's own (grpo, watch, retry, checkpoints, pull, delete).
  *
  * Submitting. sft, rl and grpo build one create body: the wrapper (backend, trainer_type, model,
  * capability_ref, name, project_ref, run_ref, tags) and a config object assembled from a single table of
@@ -256,7 +256,7 @@ static int wait_live(lc_client *c, const lc_args *a, const char *job_id) {
 
 enum { K_INT, K_NUM, K_STR, K_REF, K_REFLIST, K_STRLIST, K_RECIPE };
 
-/* Every config knob of SPEC §4.4, by flag. A verb only sees the flags in its own option table. */
+/* Every config knob of docs/spec.md §4.4, by flag. A verb only sees the flags in its own option table. */
 static const struct knob {
     const char *flag, *key;
     int kind;
@@ -903,7 +903,7 @@ static void print_final_metrics(const json_t *job) {
     }
 }
 
-/* Where the trained adapter is and how to get it (SPEC §4.6 artifacts.adapter). */
+/* Where the trained adapter is and how to get it (docs/spec.md §4.6 artifacts.adapter). */
 static void print_adapter_hint(const json_t *job) {
     const json_t *ad = json_object_get(json_object_get(job, "artifacts"), "adapter");
     if (!json_is_object(ad)) return;

@@ -3,7 +3,7 @@
  * Each loss is written once as a double-precision core `*_core(lp, row, cfg, &dlp)`; the public float
  * eng_token_loss_fn and the double twin used by the gradient checks are thin wrappers around it, so the
  * function the trainer runs is the function the tests differentiate. Definitions and defaults are documented
- * in losses.h; they follow reference/tinker-semantics.md §2 (sums over tokens, no normalisation, absolute
+ * in losses.h; they follow docs/engine-kernels.md (sums over tokens, no normalisation, absolute
  * clip thresholds, stop-gradient on CISPO's clipped ratio).
  *
  * PPO: -min(rA, clip(r)A). Where the unclipped term is the smaller (or they tie, i.e. r inside [lo, hi]) the

@@ -1,4 +1,4 @@
-/* losses.h: the per-token losses of SPEC §6 (Tinker definitions) and global-norm gradient clipping.
+/* losses.h: the per-token losses of docs/spec.md §6 (Tinker definitions) and global-norm gradient clipping.
  *
  * Every loss is a sum over tokens of a term in the learner's log-probability lp = log p(target) of that
  * token, evaluated by the head (ops.h head_loss) through an eng_token_loss_fn whose ctx is a `const

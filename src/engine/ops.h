@@ -19,8 +19,8 @@
 #include <stddef.h>
 
 /* Per-token loss: given the target's log-probability lp at row i, returns the loss contribution of that row
- * and writes d(loss)/d(lp) into *dlp. Losses of SPEC §6 (cross_entropy, importance_sampling, ppo, cispo, dro)
- * are all of this form. A row with zero weight returns 0 and *dlp = 0. */
+ * and writes d(loss)/d(lp) into *dlp. Losses of docs/spec.md §6 (cross_entropy, importance_sampling, ppo,
+ * cispo, dro) are all of this form. A row with zero weight returns 0 and *dlp = 0. */
 struct eng_wmat;
 
 typedef float (*eng_token_loss_fn)(float lp, int row, void *ctx, float *dlp);

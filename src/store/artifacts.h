@@ -1,5 +1,5 @@
 /* artifacts.h: the artifact registry in the store: datasets, capabilities and tasks, each a named artifact of
- * an org with immutable semver versions (SPEC §3.1).
+ * an org with immutable semver versions (docs/spec.md §3.1).
  *
  * Tables (migration area "artifacts", src/store/artifacts.c): `artifacts` (one row per org + kind +
  * name) and `artifact_versions` (one row per pushed version: digests, sizes, normalized manifest, split row

@@ -23,7 +23,7 @@
  * database go through a 256 MiB memory map shared with the OS page cache, so the per-thread connections do
  * not each keep a copy of hot pages. synchronous=NORMAL in WAL mode never corrupts the database and loses no
  * committed transaction when the process crashes (the WAL is in the OS's hands at commit); only a power loss
- * or kernel crash can roll back the last transactions before a checkpoint, which SPEC's durability
+ * or kernel crash can roll back the last transactions before a checkpoint, which docs/spec.md's durability
  * (survive a server crash or restart) allows.
  *
  * "sqlite::memory:" becomes a named memdb database ("file:/lathe-mem-N?vfs=memdb") so that every thread's

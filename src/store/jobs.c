@@ -14,8 +14,8 @@
  * picked the same row cannot both win.
  *
  * Logs are numbered per job (MAX(seq) + 1 in the same transaction), carry the attempt they belong to, and
- * are kept across retries. The progress merge rule (SPEC §4.1) is applied here, so the E10 route and an
- * in-process worker produce identical jobs. */
+ * are kept across retries. The progress merge rule (docs/spec.md §4.1) is applied here, so the E10 route and
+ * an in-process worker produce identical jobs. */
 #include "store/jobs.h"
 
 #include <assert.h>
@@ -216,7 +216,7 @@ static const char *const SPEC_KEYS[] = {"dataset_ref",
                                         "tags",
                                         NULL};
 
-/* The job object of SPEC §4.2 from a row selected with JOB_COLS. */
+/* The job object of docs/spec.md §4.2 from a row selected with JOB_COLS. */
 static json_t *row_to_job(db_stmt *s) {
     json_t *j = chk(json_object());
     json_t *spec = col_json(s, 12, chk(json_object()));
@@ -963,7 +963,7 @@ int jobs_trim_metrics(db *d, const char *id, int64_t step, lt_err *err) {
 /* ---------------------------------------------------------------------------------------------------------
  * progress */
 
-/* The merge rule of SPEC §4.1. Non-terminal events: an array value is appended to the stored array (a
+/* The merge rule of docs/spec.md §4.1. Non-terminal events: an array value is appended to the stored array (a
  * scalar or missing stored value is replaced by a copy), anything else replaces. Terminal events carry the
  * final metrics: each key replaces the stored one. */
 static void merge_metrics(json_t *stored, const json_t *incoming, int terminal) {

@@ -5,15 +5,15 @@
  * artifact versions a job uses: the artifact registry refuses to delete one while a queued or running job
  * references it), `job_tags`, `job_logs` (per-job increasing seq, attempt, level) and `job_checkpoints`.
  *
- * Lifecycle (SPEC §4.2): queued -> running -> completed | failed | cancelled; queued -> cancelled; any
- * terminal state -> queued by retry. The queue is the set of queued jobs, oldest first. A worker claims one
- * with a lease (worker id + expiry), renews the lease by heartbeat, and reports through jobs_progress. A
+ * Lifecycle (docs/spec.md §4.2): queued -> running -> completed | failed | cancelled; queued -> cancelled;
+ * any terminal state -> queued by retry. The queue is the set of queued jobs, oldest first. A worker claims
+ * one with a lease (worker id + expiry), renews the lease by heartbeat, and reports through jobs_progress. A
  * lease that expires puts the job back in the queue with the same `attempt` (the next worker resumes it), or
  * finishes it as cancelled when a cancel was requested meanwhile. Every state change happens in one write
  * transaction, so two claimers racing for one job cannot both win.
  *
- * Jobs are returned as JSON objects in the shape of SPEC §4.2 (the API's job object), timestamps formatted
- * as RFC 3339 with milliseconds.
+ * Jobs are returned as JSON objects in the shape of docs/spec.md §4.2 (the API's job object), timestamps
+ * formatted as RFC 3339 with milliseconds.
  *
  * Return convention: 0 (or a count) on success, -1 with err on failure; err->code 404 when the job does not
  * exist (in that workspace), 409 for a state conflict (cancel of a terminal job, retry of an active one,
@@ -141,11 +141,11 @@ int jobs_trim_metrics(db *d, const char *id, int64_t step, lt_err *err);
 /* ---- progress and logs ---- */
 
 /* Applies one progress event {event_type, message, level, metrics, data, artifacts, error} (the E10 body,
- * already validated; unknown members are ignored) with the merge rule of SPEC §4.1: one-element arrays are
- * appended, scalars replace, terminal events (training_end, training_error) merge their metrics key by key,
- * artifacts merge key by key; training_start moves a queued job to running, training_end completes it,
- * training_error fails it with `error`. Every event also becomes a log entry. 409 when the job has ended.
- * *job (may be NULL) receives the updated job. */
+ * already validated; unknown members are ignored) with the merge rule of docs/spec.md §4.1: one-element
+ * arrays are appended, scalars replace, terminal events (training_end, training_error) merge their metrics
+ * key by key, artifacts merge key by key; training_start moves a queued job to running, training_end
+ * completes it, training_error fails it with `error`. Every event also becomes a log entry. 409 when the job
+ * has ended. *job (may be NULL) receives the updated job. */
 int jobs_progress(db *d, const char *id, const json_t *event, json_t **job, lt_err *err);
 
 /* Appends one log entry (attempt = the job's current attempt). data may be NULL ({}). Returns the entry's

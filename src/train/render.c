@@ -15,7 +15,7 @@
  *
  * The Qwen3 rules (reasoning split on </think>, thinking blocks only after the last real user query, tool
  * calls and tool-response grouping) and the Llama 3 rules (content trimmed like Python's str.strip) follow
- * the chat_template files in shared/fixtures/tokenizers line by line; `tojson` is reproduced by a small
+ * the chat_template files in tests/fixtures/tokenizers line by line; `tojson` is reproduced by a small
  * serializer with Python's json.dumps defaults (", " and ": " separators, ensure_ascii=False, float repr).
  * chatml shares the ChatML turn, tool-call and tool-response pieces with qwen3 and follows SmolLM2's and
  * Qwen2.5's templates; the default system text comes from the tokenizer's own chat template. */

@@ -1,6 +1,6 @@
 /* render.h: chat conversations to token ids plus per-token training weights, in a model family's format.
  *
- * Renderers (SPEC §5):
+ * Renderers (docs/spec.md §5):
  * - qwen3: ChatML, token-exact with Qwen3's chat_template: <|im_start|>role\n...<|im_end|>\n, assistant
  *   reasoning in <think>\n...\n</think>\n\n (after the last user query only, as the template does),
  *   tool calls as <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>, tool results as a user turn

@@ -1,4 +1,4 @@
-/* rewards.c: reward recipes (SPEC §4.5). See rewards.h. */
+/* rewards.c: reward recipes (docs/spec.md §4.5). See rewards.h. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "train/rewards.h"
 

@@ -1,4 +1,4 @@
-/* rewards.h: the reward recipes of SPEC §4.5, scoring one completion of one RL prompt.
+/* rewards.h: the reward recipes of docs/spec.md §4.5, scoring one completion of one RL prompt.
  *
  *   exact_match_v1           1.0 if the stripped completion equals params.expected, else the row's expected
  *                            output (stripped), else 0.0

@@ -1,4 +1,4 @@
-/* rl.c: Tinker RL (importance_sampling, ppo) and Ray GRPO (SPEC §4.4-§4.6). See docs/rl.md.
+/* rl.c: Tinker RL (importance_sampling, ppo) and Ray GRPO (docs/spec.md §4.4-§4.6). See docs/rl.md.
  *
  * Prompts. Every row of in->train (prompt rows) and in->trajectories (one prompt per agent step: offline RL)
  * becomes RL items (rows_rl_items, with the capability prompt and the task instruction); each item's messages

@@ -1,4 +1,5 @@
-/* sft.c: the Tinker SFT trainer (SPEC §4.4, §4.6, §5), shared by the worker and `lathe train sft --data`.
+/* sft.c: the Tinker SFT trainer (docs/spec.md §4.4, §4.6, §5), shared by the worker and `lathe train sft
+ * --data`.
  *
  * Examples. Every row of in->train becomes a conversation (rows_conversation with the capability prompt),
  * rendered in the model's chat format (render_pick) with weight 1 on assistant content and end-of-turn

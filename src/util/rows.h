@@ -1,5 +1,5 @@
 /* rows.h: dataset rows: parsing files (JSONL, JSON, CSV), telling their shape, and turning them into the
- * normalized conversations and RL prompts the trainers use (SPEC §5).
+ * normalized conversations and RL prompts the trainers use (docs/spec.md §5).
  *
  * Parsing. rows_parse reads one file and calls back once per row with a JSON object and the 1-based line
  * where the row starts: JSONL (one object per non-blank line), JSON (a top-level array of objects; the line
@@ -128,9 +128,9 @@ int rows_load(const archive_items *items, const json_t *manifest, const char *sp
               rows_loc *loc, lt_err *err);
 void rows_set_free(rows_set *s);
 
-/* Which split a job reads (SPEC §3.1): the first of prefs (NULL-terminated) that the manifest has, else NULL
- * (meaning all rows, for rows_load). Training and prompt data: {"train", NULL} (or RL's prompt_split); eval
- * data:
+/* Which split a job reads (docs/spec.md §3.1): the first of prefs (NULL-terminated) that the manifest has,
+ * else NULL (meaning all rows, for rows_load). Training and prompt data: {"train", NULL} (or RL's
+ * prompt_split); eval data:
  * {"validation", "test", NULL}. The result points into prefs.
  *
  * A worker reads a dataset version like this: blob_read(version.blob_digest) -> archive_unpack_mem ->

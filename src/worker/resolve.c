@@ -2,7 +2,7 @@
  *
  * Artifacts are read the way they were pushed: the version record (artifacts_get) gives the blob, the blob is
  * a tar/tar.gz archive, the archive is unpacked in memory and its rows loaded with the split the job uses
- * (SPEC §3.1): training and prompt data {"train"} (RL's prompt_split instead when set), eval data
+ * (docs/spec.md §3.1): training and prompt data {"train"} (RL's prompt_split instead when set), eval data
  * {"validation", "test"}, all rows when the dataset has none of those. Files of the rows are named
  * "<dataset>@<version>/<file>" so that a trainer's message about a row says which dataset it came from.
  *

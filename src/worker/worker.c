@@ -186,7 +186,8 @@ static void fail_job(wk_run *r, const lt_err *e) {
     json_decref(ev);
 }
 
-/* The artifacts of SPEC §4.6 as they stand: references, checkpoints, latest, adapter (when "final" exists).
+/* The artifacts of docs/spec.md §4.6 as they stand: references, checkpoints, latest, adapter (when "final"
+ * exists).
  */
 static json_t *artifacts_now(wk_run *r, int with_adapter) {
     json_t *a = r->base_artifacts ? json_deep_copy(r->base_artifacts) : json_object();

@@ -13,11 +13,11 @@
  *   2. training_start, then tr_sft_run / tr_rl_run with hooks: events -> jobs_progress (log lines ->
  *      jobs_log_add), checkpoints -> a tar in the blob store + jobs_checkpoint_add + checkpoint_saved, stop
  * -> a cancel was requested, the lease was lost, or the worker is stopping;
- *   3. the end: training_end with the final metrics and artifacts (SPEC §4.6), or cancelled (checkpoints
- *      kept), or training_error with an actionable message, or, when the worker is stopping, back to the
- * queue (jobs_release) to resume elsewhere from the checkpoint the trainer wrote on stop. A heartbeat thread
- * renews the lease every lease/3 s while the job runs. Nothing a job does can take the process down: every
- * failure ends as a failed job.
+ *   3. the end: training_end with the final metrics and artifacts (docs/spec.md §4.6), or cancelled
+ * (checkpoints kept), or training_error with an actionable message, or, when the worker is stopping, back to
+ * the queue (jobs_release) to resume elsewhere from the checkpoint the trainer wrote on stop. A heartbeat
+ * thread renews the lease every lease/3 s while the job runs. Nothing a job does can take the process down:
+ * every failure ends as a failed job.
  *
  * Files: the attempt's scratch dir <data dir>/work/<job id>/attempt-<n> (checkpoint dirs, an unpacked resume
  * checkpoint or start adapter) is removed when the run ends; dirs of jobs that no longer run are swept.
