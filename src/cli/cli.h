@@ -9,17 +9,17 @@
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3, EXIT_NOTFOUND = 4 };
 
-int cmd_serve(int argc, char **argv);      /* api server (+ in-process workers) */
-int cmd_worker(int argc, char **argv);     /* standalone worker against a store */
-int cmd_admin(int argc, char **argv);      /* local bootstrap/recovery on the store */
-int cmd_login(int argc, char **argv);      /* save server URL + key */
-int cmd_train(int argc, char **argv);      /* job client verbs; `train sft --data` runs locally */
+int cmd_serve(int argc, char **argv);       /* api server (+ in-process workers) */
+int cmd_worker(int argc, char **argv);      /* standalone worker against a store */
+int cmd_admin(int argc, char **argv);       /* local bootstrap/recovery on the store */
+int cmd_login(int argc, char **argv);       /* save server URL + key */
+int cmd_train(int argc, char **argv);       /* job client verbs; `train sft --data` runs locally */
 int cmd_train_local(int argc, char **argv); /* `lathe train sft --model DIR --data FILE --out DIR` */
-int cmd_artifact(int argc, char **argv);   /* dataset|capability|task push|list|show|pull */
-int cmd_model(int argc, char **argv);      /* init-tiny, info, logprobs, sample */
+int cmd_artifact(int argc, char **argv);    /* dataset|capability|task push|list|show|pull */
+int cmd_model(int argc, char **argv);       /* init-tiny, info, logprobs, sample */
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
-int cmd_rl_rank(int argc, char **argv);    /* one rank of a distributed GRPO job (mpirun); --check */
+int cmd_rl_rank(int argc, char **argv); /* one rank of a distributed GRPO job (mpirun); --check */
 
 #endif

@@ -5,8 +5,8 @@
  * to choose and size it: architecture and family, parameters, layers and heads, context length, the
  * quantization (llama.cpp's file type and the count of tensors per stored type), the tokenizer the file
  * carries, and what is resident in memory once loaded (eng_gguf_model_load keeps the matrices as stored,
- * mmap'd, and widens the vectors, norms and biases, to f32; an all-F32 file is all f32). JSON keys match the model-dir variant where they mean the
- * same thing. */
+ * mmap'd, and widens the vectors, norms and biases, to f32; an all-F32 file is all f32). JSON keys match the
+ * model-dir variant where they mean the same thing. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>

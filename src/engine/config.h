@@ -1,8 +1,8 @@
 /* config.h: a Llama-family model's shape, read from HF config.json.
  *
  * One struct covers LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and MistralForCausalLM; the
- * differences are flags (attention bias, q/k norm, tied head) and the RoPE settings. eng_config_load validates
- * strictly and names the offending key in its error. */
+ * differences are flags (attention bias, q/k norm, tied head) and the RoPE settings. eng_config_load
+ * validates strictly and names the offending key in its error. */
 #ifndef LATHE_ENGINE_CONFIG_H
 #define LATHE_ENGINE_CONFIG_H
 
@@ -22,7 +22,7 @@ typedef struct eng_config {
     int num_layers;
     int num_heads;
     int num_kv_heads;
-    int head_dim;          /* explicit for Qwen3; else hidden_size / num_heads */
+    int head_dim; /* explicit for Qwen3; else hidden_size / num_heads */
     int max_position_embeddings;
     float rms_norm_eps;
     int tie_word_embeddings;

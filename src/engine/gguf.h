@@ -7,7 +7,8 @@
  *   padding to `general.alignment` (u32 key, default 32), then the data section; each tensor's offset is
  *   relative to the data section's start and a multiple of the alignment.
  * ne[0] is the fastest-varying dimension: a [rows, cols] row-major matrix (HF's [out, in]) has ne = {cols,
- * rows}. Quantized types store ne[0] / block_size blocks per row (ne[0] must be a multiple of the block size).
+ * rows}. Quantized types store ne[0] / block_size blocks per row (ne[0] must be a multiple of the block
+ * size).
  *
  * Validation (every error is 400 naming the file and, where there is one, the key or tensor): bad magic,
  * version other than 2/3, counts or string lengths that run past the end of the file, an unknown value type
@@ -84,12 +85,12 @@ typedef struct gguf_kv {
 typedef struct gguf_tensor {
     const char *name; /* NUL-terminated copy */
     gguf_type type;
-    int ndim;          /* 1..4 */
-    int64_t ne[4];     /* ne[0] fastest; unused dims are 1 */
-    int64_t numel;     /* product of ne */
-    uint64_t offset;   /* relative to the data section */
-    const void *data;  /* inside the mapping, aligned to the file's alignment relative to the data start */
-    size_t nbytes;     /* gguf_row_bytes(type, ne[0]) * (numel / ne[0]) */
+    int ndim;         /* 1..4 */
+    int64_t ne[4];    /* ne[0] fastest; unused dims are 1 */
+    int64_t numel;    /* product of ne */
+    uint64_t offset;  /* relative to the data section */
+    const void *data; /* inside the mapping, aligned to the file's alignment relative to the data start */
+    size_t nbytes;    /* gguf_row_bytes(type, ne[0]) * (numel / ne[0]) */
 } gguf_tensor;
 
 typedef struct gguf_file gguf_file;
@@ -106,7 +107,7 @@ size_t gguf_alignment(const gguf_file *f);
 
 /* ---- metadata ---- */
 size_t gguf_kv_count(const gguf_file *f);
-const gguf_kv *gguf_kv_at(const gguf_file *f, size_t i); /* file order */
+const gguf_kv *gguf_kv_at(const gguf_file *f, size_t i);          /* file order */
 const gguf_kv *gguf_find_kv(const gguf_file *f, const char *key); /* NULL when absent */
 /* Typed look-ups: 0 when the key is present and convertible (any integer type into int64 / uint64 when in
  * range, F32/F64 and integers into double, BOOL into int, STR into a pointer + length), 1 when the key is
@@ -123,7 +124,7 @@ int gguf_arr_float(const gguf_kv *kv, uint64_t i, double *out);
 
 /* ---- tensors ---- */
 size_t gguf_tensor_count(const gguf_file *f);
-const gguf_tensor *gguf_tensor_at(const gguf_file *f, size_t i); /* file order */
+const gguf_tensor *gguf_tensor_at(const gguf_file *f, size_t i);           /* file order */
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name); /* NULL when absent */
 
 /* Dequantizes n elements (a multiple of the type's block size) of `type` at src into dst, exactly as ggml's

@@ -38,11 +38,11 @@ typedef struct eng_tiny_opts {
     int rope_llama3;  /* write rope_scaling {rope_type: llama3, factor 8, low 1, high 4, original 256}; 0 */
     int max_pos;      /* max_position_embeddings; 2048 */
     float rope_theta; /* 10000 */
-    /* std of the normal init (HF's initializer_range; 0.02). A model meant to learn through LoRA alone needs a
-     * larger one (e.g. 0.1): with a frozen head of std 0.02 the final RMSNorm caps every logit near +-1. */
+    /* std of the normal init (HF's initializer_range; 0.02). A model meant to learn through LoRA alone needs
+     * a larger one (e.g. 0.1): with a frozen head of std 0.02 the final RMSNorm caps every logit near +-1. */
     double init_std;
-    uint64_t seed;    /* 0 */
-    st_dtype dtype;   /* weights dtype in model.safetensors; ST_F32 */
+    uint64_t seed;  /* 0 */
+    st_dtype dtype; /* weights dtype in model.safetensors; ST_F32 */
 } eng_tiny_opts;
 
 void eng_tiny_defaults(eng_tiny_opts *o);

@@ -16,8 +16,10 @@ void lt_log_set_level(int level) {
 }
 
 void lt_log_set_context(const char *ctx) {
-    if (!ctx) t_ctx[0] = '\0';
-    else snprintf(t_ctx, sizeof t_ctx, "%s", ctx);
+    if (!ctx)
+        t_ctx[0] = '\0';
+    else
+        snprintf(t_ctx, sizeof t_ctx, "%s", ctx);
 }
 
 void lt_log(int level, const char *fmt, ...) {

@@ -7,8 +7,8 @@
 
 enum { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 
-void lt_log_set_level(int level);           /* lines below it are dropped; default LOG_INFO */
-void lt_log_set_context(const char *ctx);   /* thread-local; NULL clears; copied */
+void lt_log_set_level(int level);         /* lines below it are dropped; default LOG_INFO */
+void lt_log_set_context(const char *ctx); /* thread-local; NULL clears; copied */
 void lt_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -9,7 +9,8 @@
 void sb_reserve(strbuf *sb, size_t extra) {
     if (sb->len + extra + 1 <= sb->cap) return;
     size_t cap = sb->cap ? sb->cap : 64;
-    while (cap < sb->len + extra + 1) cap *= 2;
+    while (cap < sb->len + extra + 1)
+        cap *= 2;
     char *p = realloc(sb->buf, cap);
     if (!p) abort();
     sb->buf = p;

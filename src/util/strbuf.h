@@ -13,7 +13,8 @@ typedef struct strbuf {
     size_t len, cap;
 } strbuf;
 
-#define STRBUF_INIT {NULL, 0, 0}
+#define STRBUF_INIT                                                                                          \
+    { NULL, 0, 0 }
 
 void sb_reserve(strbuf *sb, size_t extra);
 void sb_append(strbuf *sb, const void *data, size_t n);

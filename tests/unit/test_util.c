@@ -42,15 +42,16 @@ static void test_sha256(void **state) {
 
 static void test_utf8(void **state) {
     assert_true(lt_utf8_valid("h\xc3\xa9llo \xe4\xb8\xad \xf0\x9f\x98\x80", 15));
-    assert_false(lt_utf8_valid("\xc3", 1));           /* truncated */
-    assert_false(lt_utf8_valid("\xc0\xaf", 2));       /* overlong */
-    assert_false(lt_utf8_valid("\xed\xa0\x80", 3));   /* surrogate */
+    assert_false(lt_utf8_valid("\xc3", 1));         /* truncated */
+    assert_false(lt_utf8_valid("\xc0\xaf", 2));     /* overlong */
+    assert_false(lt_utf8_valid("\xed\xa0\x80", 3)); /* surrogate */
     assert_false(lt_utf8_valid("\xff", 1));
 }
 
 static void test_strbuf(void **state) {
     strbuf sb = STRBUF_INIT;
-    for (int i = 0; i < 1000; i++) sb_printf(&sb, "%d,", i);
+    for (int i = 0; i < 1000; i++)
+        sb_printf(&sb, "%d,", i);
     assert_int_equal(sb.len, strlen(sb.buf));
     assert_memory_equal(sb.buf, "0,1,2,", 6);
     char *s = sb_steal(&sb);
@@ -91,8 +92,9 @@ static void test_err_prefix(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_time_roundtrip), cmocka_unit_test(test_uuid),   cmocka_unit_test(test_sha256),
-        cmocka_unit_test(test_utf8),           cmocka_unit_test(test_strbuf), cmocka_unit_test(test_atomic_file),
+        cmocka_unit_test(test_time_roundtrip), cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_sha256),         cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_strbuf),         cmocka_unit_test(test_atomic_file),
         cmocka_unit_test(test_err_prefix),
     };
     return cmocka_run_group_tests_name("util", tests, NULL, NULL);
