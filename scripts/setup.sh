@@ -12,7 +12,7 @@ pkgs=(build-essential pkg-config clang clang-format libclang-rt-14-dev
       libopenblas-openmp-dev libpcre2-dev libyaml-dev libarchive-dev
       libcurl4-openssl-dev libssl-dev libcmocka-dev
       openmpi-bin libopenmpi-dev sqlite3 curl python3 python3-venv python3-pip)
-test_pkgs=(wrk cmake ninja-build postgresql chromium) # cmake, ninja: llama-cpp-python builds llama.cpp from source; postgresql: the store tests' second pass (tests/pg-start.sh); chromium: the dashboard tests (Playwright drives it)
+test_pkgs=(wrk cmake ninja-build postgresql chromium cppcheck) # cmake, ninja: llama-cpp-python builds llama.cpp from source; postgresql: the store tests' second pass (tests/pg-start.sh); chromium: the dashboard tests (Playwright drives it); cppcheck: make lint
 
 want=("${pkgs[@]}")
 [ "${1:-}" = "--test" ] && want+=("${test_pkgs[@]}")

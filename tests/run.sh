@@ -5,6 +5,7 @@
 #   fuzz   build/fuzz/fuzz_*         libFuzzer, LATHE_FUZZ_SECONDS each (default 8) from tests/fuzz/corpus/NAME
 #   py     tests/py/test_*.py        pytest in the test virtualenv: integration (real `lathe serve`) and
 #                                    PyTorch/HF references
+#   lint   scripts/lint.sh           the house checks (format, cppcheck, layers, weak), one test each
 # LATHE_TESTS=unit,py (say) runs a subset; PYTEST_ARGS passes flags to pytest (e.g. "-k catalog").
 # PostgreSQL: the store unit tests (PG_UNIT, also under asan) and the store-touching Python files (PG_PY) run
 # a second time on a throwaway PostgreSQL server (tests/pg-start.sh; or the one LATHE_TEST_PG names).
@@ -15,7 +16,7 @@ root=$(pwd)
 B=${BUILD:-build}
 log_dir=$B/test-logs
 mkdir -p "$log_dir"
-only=",${LATHE_TESTS:-unit,asan,fuzz,py},"
+only=",${LATHE_TESTS:-lint,unit,asan,fuzz,py},"
 passed=0
 failed=0
 failed_names=()
@@ -54,6 +55,26 @@ elif [ -z "$pg_url" ] && { [[ $only == *,unit,* ]] || [[ $only == *,asan,* ]] ||
         pg_url=""
         echo "skip postgres pass: $(tr '\n' ' ' <"$log_dir/pg-start.log")"
         rm -rf "$pg_dir"
+    fi
+fi
+
+if [[ $only == *,lint,* ]]; then
+    scripts/lint.sh "$B" >"$log_dir/lint.log" 2>&1
+    while read -r check verdict; do
+        if [ "$verdict" = ok ]; then
+            passed=$((passed + 1))
+            echo "ok   lint/$check"
+        else
+            failed=$((failed + 1))
+            failed_names+=("lint/$check")
+            echo "FAIL lint/$check (log: $log_dir/lint.log)"
+            grep -v '^lint: ' "$log_dir/lint.log" | head -20
+        fi
+    done < <(sed -nE 's/^lint: ([a-z]+): (ok|FAILED)$/\1 \2/p' "$log_dir/lint.log")
+    if ! grep -qE '^lint: [a-z]+: (ok|FAILED)$' "$log_dir/lint.log"; then
+        failed=$((failed + 1))
+        failed_names+=("lint (no result)")
+        tail -20 "$log_dir/lint.log"
     fi
 fi
 
