@@ -571,8 +571,9 @@ static void plain_region(const gb_job *j, int i0, int i1, int c0, int c1) {
 static int run_region(const gb_job *j, int path, int tm0, int tm1, int tn0, int tn1, int ctile) {
     const int Rp = j->Rp, w0 = tn1 - tn0 < ctile ? tn1 - tn0 : ctile;
     const size_t na = (size_t)(tm1 - tm0) * 32 * Rp;
-    uint16_t *pa = scratch(na + (size_t)w0 * 32 * Rp), *pb = pa + na; /* na: a multiple of 32 elements */
+    uint16_t *pa = scratch(na + (size_t)w0 * 32 * Rp);
     if (!pa) return -1;
+    uint16_t *pb = pa + na; /* na: a multiple of 32 elements, so pb stays 64-byte aligned */
 #if GB_X86
     if (path == P_AMX) amx_config();
 #endif
