@@ -69,7 +69,7 @@ $(BUILD)/asan/tests/%: tests/unit/%.c $(BUILD)/asan/liblathe.a
 asan: $(ASANBIN)
 
 # libFuzzer targets: clang, the library rebuilt with coverage instrumentation.
-FUZZFLAGS := $(BASEFLAGS) -O1 -fsanitize=fuzzer-no-link,address,undefined -Wno-unused-command-line-argument
+FUZZFLAGS := $(BASEFLAGS) -O1 -fsanitize=fuzzer-no-link,address,undefined -Wno-unused-command-line-argument -Wno-pass-failed
 $(BUILD)/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	clang $(FUZZFLAGS) -c $< -o $@

@@ -694,6 +694,62 @@ T_AVX512 static float hsum512(__m512 v) {
     return _mm512_reduce_add_ps(v);
 }
 
+/* One output column n of the nt product (a function of its own so that its AVX-512 code keeps the target
+ * attribute: clang outlines an OpenMP loop body into a function without it). */
+T_AVX512 static void small_nt_col(const gb_job *j, const uint16_t *a, int n) {
+    const int M = j->M, R = j->R;
+    const uint16_t *b = j->B + (size_t)n * j->ldb;
+    __m512 acc[GB_SMALL_M];
+    for (int m = 0; m < M; m++)
+        acc[m] = _mm512_setzero_ps();
+    for (int k = 0; k < R; k += 32) {
+        const int left = R - k;
+        const __mmask32 mk = left >= 32 ? 0xffffffffu : (__mmask32)((1u << left) - 1u);
+        const __m512bh bv = (__m512bh)_mm512_maskz_loadu_epi16(mk, b + k);
+        for (int m = 0; m < M; m++)
+            acc[m] = _mm512_dpbf16_ps(acc[m], (__m512bh)_mm512_load_si512(a + (size_t)m * j->Rp + k), bv);
+    }
+    for (int m = 0; m < M; m++) {
+        float *c = j->C + (size_t)m * j->ldc + n;
+        const float v = hsum512(acc[m]);
+        *c = j->acc ? *c + v : v;
+    }
+}
+
+/* Output columns [64 blk, 64 blk + 64) of the nn product. */
+T_AVX512 static void small_nn_block(const gb_job *j, const uint16_t *a, int blk) {
+    const int M = j->M, R = j->R, NC = j->NC;
+    const int c0 = blk * 64, w = NC - c0 < 64 ? NC - c0 : 64;
+    __m512 acc[GB_SMALL_M][4];
+    for (int m = 0; m < M; m++)
+        for (int q = 0; q < 4; q++)
+            acc[m][q] = _mm512_setzero_ps();
+    for (int r = 0; r < R; r++) {
+        const uint16_t *b = j->B + (size_t)r * j->ldb + c0;
+        __m512 bv[4];
+        for (int q = 0; q < 4; q++) {
+            const int left = w - 16 * q;
+            const __mmask16 mq = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
+            bv[q] = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mq, b + 16 * q)), 16));
+        }
+        for (int m = 0; m < M; m++) {
+            const __m512 av = _mm512_set1_ps(bf16_f32(a[(size_t)m * j->Rp + r]));
+            for (int q = 0; q < 4; q++)
+                acc[m][q] = _mm512_fmadd_ps(av, bv[q], acc[m][q]);
+        }
+    }
+    for (int m = 0; m < M; m++)
+        for (int q = 0; q < 4 && 16 * q < w; q++) {
+            const int left = w - 16 * q;
+            const __mmask16 mq = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1u);
+            float *c = j->C + (size_t)m * j->ldc + c0 + 16 * q;
+            __m512 v = acc[m][q];
+            if (j->acc) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mq, c));
+            _mm512_mask_storeu_ps(c, mq, v);
+        }
+}
+
 T_AVX512 static int run_small(gb_job *j) {
     const int M = j->M, R = j->R, NC = j->NC;
     uint16_t *a = aligned_alloc(64, sizeof(uint16_t) * (size_t)M * j->Rp);
@@ -702,59 +758,13 @@ T_AVX512 static int run_small(gb_job *j) {
         pack_a_row(j, m, a + (size_t)m * j->Rp, P_AVX512);
     if (j->op == 0) {
 #pragma omp parallel for schedule(static) if ((size_t)NC * R >= 65536)
-        for (int n = 0; n < NC; n++) {
-            const uint16_t *b = j->B + (size_t)n * j->ldb;
-            __m512 acc[GB_SMALL_M];
-            for (int m = 0; m < M; m++)
-                acc[m] = _mm512_setzero_ps();
-            for (int k = 0; k < R; k += 32) {
-                const int left = R - k;
-                const __mmask32 mk = left >= 32 ? 0xffffffffu : (__mmask32)((1u << left) - 1u);
-                const __m512bh bv = (__m512bh)_mm512_maskz_loadu_epi16(mk, b + k);
-                for (int m = 0; m < M; m++)
-                    acc[m] =
-                        _mm512_dpbf16_ps(acc[m], (__m512bh)_mm512_load_si512(a + (size_t)m * j->Rp + k), bv);
-            }
-            for (int m = 0; m < M; m++) {
-                float *c = j->C + (size_t)m * j->ldc + n;
-                const float v = hsum512(acc[m]);
-                *c = j->acc ? *c + v : v;
-            }
-        }
+        for (int n = 0; n < NC; n++)
+            small_nt_col(j, a, n);
     } else {
         const int blocks = (NC + 63) / 64; /* 64 output columns per task */
 #pragma omp parallel for schedule(static) if ((size_t)NC * R >= 65536)
-        for (int blk = 0; blk < blocks; blk++) {
-            const int c0 = blk * 64, w = NC - c0 < 64 ? NC - c0 : 64;
-            __m512 acc[GB_SMALL_M][4];
-            for (int m = 0; m < M; m++)
-                for (int q = 0; q < 4; q++)
-                    acc[m][q] = _mm512_setzero_ps();
-            for (int r = 0; r < R; r++) {
-                const uint16_t *b = j->B + (size_t)r * j->ldb + c0;
-                __m512 bv[4];
-                for (int q = 0; q < 4; q++) {
-                    const int left = w - 16 * q;
-                    const __mmask16 mq = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
-                    bv[q] = _mm512_castsi512_ps(_mm512_slli_epi32(
-                        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mq, b + 16 * q)), 16));
-                }
-                for (int m = 0; m < M; m++) {
-                    const __m512 av = _mm512_set1_ps(bf16_f32(a[(size_t)m * j->Rp + r]));
-                    for (int q = 0; q < 4; q++)
-                        acc[m][q] = _mm512_fmadd_ps(av, bv[q], acc[m][q]);
-                }
-            }
-            for (int m = 0; m < M; m++)
-                for (int q = 0; q < 4 && 16 * q < w; q++) {
-                    const int left = w - 16 * q;
-                    const __mmask16 mq = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1u);
-                    float *c = j->C + (size_t)m * j->ldc + c0 + 16 * q;
-                    __m512 v = acc[m][q];
-                    if (j->acc) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mq, c));
-                    _mm512_mask_storeu_ps(c, mq, v);
-                }
-        }
+        for (int blk = 0; blk < blocks; blk++)
+            small_nn_block(j, a, blk);
     }
     free(a);
     return 0;
