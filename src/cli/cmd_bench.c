@@ -60,8 +60,8 @@ static void usage(FILE *f) {
         "(bf16: the preset's random matrices stored as bf16, as a bf16 checkpoint is kept).\n"
         "Presets: smollm2-135m (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536, vocab 49152,\n"
         "tied), tiny (hidden 64, 2 layers, vocab 512; for smoke tests).\n"
-        "--model runs on a real model's weights instead (a model dir or a GGUF file, widened to f32 at "
-        "load).\n"
+        "--model runs on a real model's weights instead (a model dir or a GGUF file, its matrices kept as "
+        "stored).\n"
         "--peer llama.cpp (sample --model FILE.gguf): also runs bench/llamacpp_sample.py (llama-cpp-python,\n"
         "LATHE_PYTHON or the test venv's python) on the same file and thread count and prints the ratio.\n",
         f);
