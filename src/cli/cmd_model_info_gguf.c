@@ -15,8 +15,7 @@
 #include "cli/cli.h"
 #include "engine/gguf.h"
 #include "engine/gguf_model.h"
-
-int cmd_model_info_gguf(const char *path, int as_json);
+#include "cli/model_info.h"
 
 /* A string key as a NUL-terminated copy ("" when absent or not a string). */
 static void str_key(const gguf_file *f, const char *key, char *buf, size_t cap) {
@@ -75,27 +74,14 @@ int cmd_model_info_gguf(const char *path, int as_json) {
     int has_template = gguf_find_kv(f, "tokenizer.chat_template") != NULL;
     long long tokv = toks && toks->type == GGUF_V_ARR ? (long long)toks->n : -1;
     long long nmerges = merges && merges->type == GGUF_V_ARR ? (long long)merges->n : 0;
-    long long params = eng_config_num_params(&c);
-    const char *rope = c.rope_type == ENG_ROPE_LLAMA3 ? "llama3" : "default";
     if (as_json) {
         json_t *o = json_object();
         json_object_set_new(o, "format", json_string("gguf"));
         json_object_set_new(o, "gguf_version", json_integer(gguf_version(f)));
         json_object_set_new(o, "name", json_string(name));
         json_object_set_new(o, "gguf_architecture", json_string(gguf_arch));
-        json_object_set_new(o, "architecture", json_string(c.architecture));
-        json_object_set_new(o, "family", json_string(c.family));
-        json_object_set_new(o, "num_layers", json_integer(c.num_layers));
-        json_object_set_new(o, "hidden_size", json_integer(c.hidden_size));
-        json_object_set_new(o, "intermediate_size", json_integer(c.intermediate_size));
-        json_object_set_new(o, "num_heads", json_integer(c.num_heads));
-        json_object_set_new(o, "num_kv_heads", json_integer(c.num_kv_heads));
-        json_object_set_new(o, "head_dim", json_integer(c.head_dim));
-        json_object_set_new(o, "vocab_size", json_integer(c.vocab_size));
+        model_info_shape_json(o, &c);
         json_object_set_new(o, "tokenizer_vocab", tokv >= 0 ? json_integer(tokv) : json_null());
-        json_object_set_new(o, "context_length", json_integer(c.max_position_embeddings));
-        json_object_set_new(o, "params", json_integer(params));
-        json_object_set_new(o, "size_b", json_real((double)params / 1e9));
         json_object_set_new(o, "quantization", json_string(s.file_type >= 0 ? s.file_type_name : s.types));
         json_object_set_new(o, "file_type", s.file_type >= 0 ? json_integer(s.file_type) : json_null());
         json_object_set_new(o, "dtype", json_string(s.types));
@@ -105,25 +91,10 @@ int cmd_model_info_gguf(const char *path, int as_json) {
         json_object_set_new(o, "resident",
                             json_pack("{s:s,s:s,s:I,s:I}", "matrices", "as stored", "vectors", "f32", "bytes",
                                       (json_int_t)resident_bytes(f), "f32_bytes", (json_int_t)s.f32_bytes));
-        json_object_set_new(o, "tie_word_embeddings", json_boolean(c.tie_word_embeddings));
-        json_object_set_new(o, "attention_bias", json_boolean(c.attention_bias));
-        json_object_set_new(o, "qk_norm", json_boolean(c.qk_norm));
-        json_object_set_new(o, "rms_norm_eps", json_real(c.rms_norm_eps));
-        json_t *r = json_pack("{s:s, s:f}", "type", rope, "theta", (double)c.rope_theta);
-        if (c.rope_type == ENG_ROPE_LLAMA3) {
-            json_object_set_new(r, "factor", json_real(c.rope_factor));
-            json_object_set_new(r, "low_freq_factor", json_real(c.rope_low_freq_factor));
-            json_object_set_new(r, "high_freq_factor", json_real(c.rope_high_freq_factor));
-            json_object_set_new(r, "original_max_position_embeddings", json_integer(c.rope_original_max_pos));
-        }
-        json_object_set_new(o, "rope", r);
+        model_info_config_json(o, &c);
         json_object_set_new(o, "tokenizer",
                             json_pack("{s:s,s:s,s:I,s:b}", "model", tok_model, "pre", tok_pre, "merges",
                                       (json_int_t)nmerges, "chat_template", has_template));
-        json_object_set_new(o, "bos_token_id",
-                            c.bos_token_id >= 0 ? json_integer(c.bos_token_id) : json_null());
-        json_object_set_new(o, "eos_token_id",
-                            c.eos_token_id >= 0 ? json_integer(c.eos_token_id) : json_null());
         char *js = json_dumps(o, JSON_INDENT(2));
         printf("%s\n", js);
         free(js);
@@ -131,18 +102,7 @@ int cmd_model_info_gguf(const char *path, int as_json) {
     } else {
         if (name[0]) printf("name          %s\n", name);
         printf("format        GGUF v%d, architecture %s\n", gguf_version(f), gguf_arch);
-        printf("architecture  %s (family %s)\n", c.architecture, c.family);
-        printf("layers        %d\n", c.num_layers);
-        printf("hidden        %d (intermediate %d)\n", c.hidden_size, c.intermediate_size);
-        printf("heads         %d query, %d key/value, head_dim %d\n", c.num_heads, c.num_kv_heads,
-               c.head_dim);
-        printf("features      %s%s%s\n", c.tie_word_embeddings ? "tied head" : "separate head",
-               c.attention_bias ? ", q/k/v bias" : "", c.qk_norm ? ", q/k norm" : "");
-        printf("rope          %s, theta %g", rope, (double)c.rope_theta);
-        if (c.rope_type == ENG_ROPE_LLAMA3)
-            printf(", factor %g, low %g, high %g, original context %d", (double)c.rope_factor,
-                   (double)c.rope_low_freq_factor, (double)c.rope_high_freq_factor, c.rope_original_max_pos);
-        printf("\nparams        %lld (%.4g M)\n", params, (double)params / 1e6);
+        model_info_shape_text(&c);
         printf("quantization  file type %s; tensors:",
                s.file_type >= 0 ? s.file_type_name : "(not recorded)");
         for (int t = 0; t < 32; t++)
