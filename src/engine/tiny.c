@@ -551,11 +551,7 @@ int eng_tiny_write(const char *dir, const eng_tiny_opts *o, lt_err *err) {
     json_object_set_new(tc, "model_max_length", json_integer(o->max_pos));
     json_object_set_new(tc, "clean_up_tokenization_spaces", json_false());
     json_object_set_new(tc, "tokenizer_class", json_string("PreTrainedTokenizerFast"));
-    json_object_set_new(
-        tc, "chat_template",
-        json_string("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
-                    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if "
-                    "add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"));
+    json_object_set_new(tc, "chat_template", json_string(ENG_TINY_CHAT_TEMPLATE));
     if (write_json(dir, "tokenizer_config.json", tc, err)) return -1;
 
     json_t *gc = json_pack("{s:i, s:[i,i], s:i, s:s}", "bos_token_id", eot, "eos_token_id", eot, im_end,

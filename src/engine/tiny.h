@@ -22,6 +22,12 @@
 
 #define ENG_TINY_VOCAB_BYTE (-1) /* vocab = the 256 byte symbols + special tokens, no merges */
 #define ENG_TINY_NSPECIAL 3
+/* The chat template init-tiny writes into tokenizer_config.json (bare ChatML). render_pick recognises it so
+ * that random-weight tiny models keep the role_colon format their demo and tests render. */
+#define ENG_TINY_CHAT_TEMPLATE                                                                               \
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "       \
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% "   \
+    "endif %}"
 
 typedef struct eng_tiny_opts {
     eng_arch arch;    /* default ENG_ARCH_LLAMA */

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/tiny.h"
 #include "engine/tokenizer.h"
 #include "util/strbuf.h"
 #include "util/util.h"
@@ -773,19 +774,12 @@ const char *render_kind_name(render_kind kind) {
     return (unsigned)kind < (unsigned)N_KINDS ? kind_names[kind] : "unknown";
 }
 
-/* The chat template `lathe model init-tiny` writes (bare ChatML): lathe's random-weight models keep the
- * role_colon format their demo and tests render, so this one template does not pick chatml. */
-static const char TINY_TEMPLATE[] =
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% "
-    "endif %}";
-
 render_kind render_pick(const eng_tokenizer *tok, const char *family) {
     int is_llama = family && !strcmp(family, "llama"), is_qwen = family && !strcmp(family, "qwen");
     const char *tpl = eng_tok_chat_template(tok);
     int chatml_tokens =
         eng_tok_token_id(tok, "<|im_start|>") >= 0 && eng_tok_token_id(tok, "<|im_end|>") >= 0;
-    if (tpl && strcmp(tpl, TINY_TEMPLATE) != 0) {
+    if (tpl && strcmp(tpl, ENG_TINY_CHAT_TEMPLATE) != 0 /* tiny models: role_colon */) {
         if (strstr(tpl, "<|start_header_id|>") && eng_tok_token_id(tok, "<|start_header_id|>") >= 0 &&
             eng_tok_token_id(tok, "<|eot_id|>") >= 0 && !is_qwen)
             return RENDER_LLAMA3;
