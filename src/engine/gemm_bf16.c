@@ -801,12 +801,14 @@ static void gemm(gb_job *j) {
     }
 }
 
-void eng_gemm_bf16_nt(int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float *C,
-                      int ldc, int accumulate) {
-    gb_job j = {.op = 0,
+/* Both products: op 0 reduces along B's rows (nt: NC = N output columns, R = K), op 1 along its columns (nn:
+ * NC = K, R = N). */
+static void gemm_op(int op, int M, int NC, int R, const float *A, int lda, const uint16_t *B, int ldb,
+                    float *C, int ldc, int accumulate) {
+    gb_job j = {.op = op,
                 .M = M,
-                .NC = N,
-                .R = K,
+                .NC = NC,
+                .R = R,
                 .A = A,
                 .lda = lda,
                 .B = B,
@@ -817,18 +819,12 @@ void eng_gemm_bf16_nt(int M, int N, int K, const float *A, int lda, const uint16
     gemm(&j);
 }
 
+void eng_gemm_bf16_nt(int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float *C,
+                      int ldc, int accumulate) {
+    gemm_op(0, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
 void eng_gemm_bf16_nn(int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb, float *C,
                       int ldc, int accumulate) {
-    gb_job j = {.op = 1,
-                .M = M,
-                .NC = K,
-                .R = N,
-                .A = A,
-                .lda = lda,
-                .B = B,
-                .ldb = ldb,
-                .C = C,
-                .ldc = ldc,
-                .acc = accumulate};
-    gemm(&j);
+    gemm_op(1, M, K, N, A, lda, B, ldb, C, ldc, accumulate);
 }
